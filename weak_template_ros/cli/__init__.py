@@ -1,0 +1,20 @@
+"""`weak-template` command line. Each module below attaches its commands to the apps in apps.py."""
+
+from __future__ import annotations
+
+from weak_template_ros.cli.apps import app
+
+# Command modules register themselves on import (one module per concept).
+from weak_template_ros.cli import twin_cmds  # noqa: E402,F401  generate parts|scenes, show, demo
+from weak_template_ros.cli import align_cmds  # noqa: E402,F401  generate marks, align
+
+
+def main() -> None:
+    """Console-script entry point (loopback ROS environment set before anything can start DDS)."""
+    from weak_template_ros.ros.loopback import use_loopback_env
+
+    use_loopback_env()
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,1 @@
+"""CLI commands for 2-D mark alignment: `generate marks`, `align`."""

@@ -1,0 +1,1 @@
+"""CLI commands for the digital twin: `generate parts|scenes`, `show`, `demo`."""
