@@ -7,6 +7,7 @@ from weak_template_ros.cli.apps import app
 # Command modules register themselves on import (one module per concept).
 from weak_template_ros.cli import twin_cmds  # noqa: E402,F401  generate parts|scenes, show, demo
 from weak_template_ros.cli import align_cmds  # noqa: E402,F401  generate marks, align
+from weak_template_ros.cli import linemod_cmds  # noqa: E402,F401  templates build, detect
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""CLI commands for LINEMOD: `templates build`, `detect`."""
