@@ -53,7 +53,7 @@ def validate(cfg: Any, prefix: str = "") -> Any:
             raise InputError(name, "an integer", repr(value))
         lo, hi = meta.get("lo"), meta.get("hi")
         unit = f" {meta['unit']}" if meta.get("unit") else ""
-        if lo is not None and value < lo or hi is not None and value > hi:
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
             rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]{unit}"
             raise InputError(name, f"a value in {rng}", value)
         choices = meta.get("choices")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from weak_template_ros.cli.apps import app
-
 # Command modules register themselves on import (one module per concept).
-from weak_template_ros.cli import twin_cmds  # noqa: E402,F401  generate parts|scenes, show, demo
-from weak_template_ros.cli import align_cmds  # noqa: E402,F401  generate marks, align
-from weak_template_ros.cli import linemod_cmds  # noqa: E402,F401  templates build, detect
+from weak_template_ros.cli import (
+    align_cmds,  # noqa: F401  generate marks, align
+    linemod_cmds,  # noqa: F401  templates build, detect
+    twin_cmds,  # noqa: F401  generate parts|scenes, show, demo
+)
+from weak_template_ros.cli.apps import app
 
 
 def main() -> None:

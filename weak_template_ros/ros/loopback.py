@@ -55,7 +55,9 @@ def require_loopback_env(env: dict | None = None) -> None:
     problems = []
     profile = env.get("FASTRTPS_DEFAULT_PROFILES_FILE", "")
     if not profile or not Path(profile).is_file():
-        problems.append(f"FASTRTPS_DEFAULT_PROFILES_FILE: expected an existing loopback profile, got {profile!r}")
+        problems.append(
+            f"FASTRTPS_DEFAULT_PROFILES_FILE: expected an existing loopback profile, got {profile!r}"
+        )
     if env.get("ROS_AUTOMATIC_DISCOVERY_RANGE") != "LOCALHOST":
         problems.append(
             "ROS_AUTOMATIC_DISCOVERY_RANGE: expected 'LOCALHOST', got "
