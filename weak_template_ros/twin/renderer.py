@@ -142,6 +142,7 @@ class Renderer:
         self.camera = camera
         self._scenes: dict[object, o3d.t.geometry.RaycastingScene] = {}
         self._corners: dict[object, np.ndarray] = {}
+        self._meshes: dict[object, trimesh.Trimesh] = {}
         self._dirs = camera.ray_directions()  # (H, W, 3), z = 1, so t_hit is the z depth
         self._view = -self._dirs / np.linalg.norm(self._dirs, axis=-1, keepdims=True)
 
@@ -154,9 +155,28 @@ class Renderer:
                             o3d.core.Tensor(np.asarray(mesh.faces, np.uint32)))
         self._scenes[key] = scene
         self._corners[key] = trimesh.bounds.corners(mesh.bounds)
+        self._meshes[key] = mesh
 
     def has_mesh(self, key) -> bool:
         return key in self._scenes
+
+    def mesh(self, key) -> trimesh.Trimesh:
+        """The mesh registered under ``key``."""
+        return self._meshes[key]
+
+    def mesh_vertices(self, key) -> np.ndarray:
+        """(N, 3) object-frame vertices of the mesh under ``key``, metres."""
+        return np.asarray(self._meshes[key].vertices)
+
+    def remove_mesh(self, key) -> None:
+        """Forget the mesh under ``key`` (no error if absent)."""
+        for d in (self._scenes, self._corners, self._meshes):
+            d.pop(key, None)
+
+    def remove_meshes(self, predicate) -> None:
+        """Forget every mesh whose key satisfies ``predicate(key)``."""
+        for key in [k for k in self._scenes if predicate(k)]:
+            self.remove_mesh(key)
 
     def _roi(self, key, T: np.ndarray) -> tuple[int, int, int, int] | None:
         """Pixel rows/cols [v0, v1) x [u0, u1) that can see the object, None if none can."""
