@@ -1,0 +1,4 @@
+from weak_template_ros.cli import main
+
+if __name__ == "__main__":
+    main()
