@@ -50,6 +50,7 @@ __all__ = [
     "AUTO_UNITS_DIAGONAL_THRESHOLD",
     "MESH_SUFFIXES",
     "PART_FAMILIES",
+    "BushingParams",
     "ConnectorHousingParams",
     "FlangeParams",
     "HexNutParams",
@@ -106,6 +107,8 @@ class PartModel:
         What :func:`load_mesh` had to fix (empty when nothing).
     params : dict
         Parameters of a procedural part (metres/radians), empty for loaded meshes.
+    units_note : str
+        How ``source_units`` was decided (the auto rule and the measured diagonal, or "given").
     """
 
     name: str
@@ -118,6 +121,7 @@ class PartModel:
     symmetries_continuous: list[dict] = field(default_factory=list)
     repairs: list[str] = field(default_factory=list)
     params: dict = field(default_factory=dict)
+    units_note: str = ""
 
     def __post_init__(self):
         if not isinstance(self.mesh, trimesh.Trimesh):
@@ -332,18 +336,19 @@ def _edge_defects(mesh: trimesh.Trimesh) -> int:
     return int(np.count_nonzero(counts != 2))
 
 
-def repair_mesh(mesh: trimesh.Trimesh, name: str = "mesh") -> list[str]:
+def repair_mesh(mesh: trimesh.Trimesh, name: str = "mesh", soup: bool = False) -> list[str]:
     """Repair ``mesh`` in place with trimesh; return what was done, raise if beyond repair.
 
     Steps: merge duplicate vertices, drop degenerate and duplicate faces, fill holes of one
     triangle or quad (trimesh.repair.fill_holes), make winding consistent and normals outward
     (trimesh.repair.fix_normals). A mesh still not watertight afterwards (open boundaries larger
     than a quad, edges shared by more than two faces) raises InputError naming ``name``.
+    ``soup=True`` (STL: a format without shared vertices) does not report the vertex merge.
     """
     repairs: list[str] = []
     n_v = len(mesh.vertices)
     mesh.merge_vertices()
-    if len(mesh.vertices) < n_v:
+    if len(mesh.vertices) < n_v and not soup:
         repairs.append(f"merged {n_v - len(mesh.vertices)} duplicate vertices")
     n_f = len(mesh.faces)
     mesh.update_faces(mesh.nondegenerate_faces())
@@ -367,13 +372,14 @@ def repair_mesh(mesh: trimesh.Trimesh, name: str = "mesh") -> list[str]:
             "after repair",
         )
     consistent = mesh.is_winding_consistent
+    inward = consistent and mesh.volume < 0
     trimesh.repair.fix_normals(mesh, multibody=True)
     if not consistent:
-        repairs.append("made face winding consistent")
-    if mesh.volume < 0:  # fix_normals orients each body; a whole-mesh inversion is still possible
+        repairs.append("made face winding consistent and normals outward")
+    elif inward:
+        repairs.append("flipped all faces so normals point outward")
+    if mesh.volume < 0:  # fix_normals orients each body; guard against a whole-mesh inversion
         mesh.invert()
-    if not consistent or repairs:
-        mesh._cache.clear()
     return repairs
 
 
@@ -434,13 +440,17 @@ def load_mesh(path: str | Path, units: str = "auto", name: str | None = None) ->
     if len(mesh.faces) and (mesh.faces.min() < 0 or mesh.faces.max() >= len(vertices)):
         raise InputError(where, "face indices within the vertex list", "out-of-range indices")
     mesh = trimesh.Trimesh(vertices=vertices.astype(np.float64), faces=mesh.faces, process=False)
-    repairs = repair_mesh(mesh, name=where)
+    repairs = repair_mesh(mesh, name=where, soup=suffix == ".stl")
 
     diagonal = float(np.linalg.norm(mesh.extents))
     if units == "auto":
         source_units = "mm" if diagonal > AUTO_UNITS_DIAGONAL_THRESHOLD else "m"
+        units_note = (f"auto: bounding-box diagonal {diagonal:.6g} file units "
+                      f"{'>' if source_units == 'mm' else '<='} {AUTO_UNITS_DIAGONAL_THRESHOLD:g}"
+                      f" -> {source_units}")
     else:
         source_units = units
+        units_note = f"given by the caller: {units}"
     if source_units == "mm":
         mesh.apply_scale(_UNITS_SCALE["mm"])
     return PartModel(
@@ -451,6 +461,7 @@ def load_mesh(path: str | Path, units: str = "auto", name: str | None = None) ->
         units_detected=units == "auto",
         checksum=hashlib.sha256(data).hexdigest(),
         repairs=repairs,
+        units_note=units_note,
     )
 
 
@@ -626,6 +637,20 @@ class TProfileParams:
                                       lo=0.0, hi=0.004, unit="m")
 
 
+@dataclass
+class BushingParams:
+    """Flanged bushing: a tube with a collar at one end (continuous symmetry about its axis)."""
+
+    outer_diameter: float = config.param(0.04, "tube outer diameter", lo=0.025, hi=0.07, unit="m")
+    length: float = config.param(0.06, "overall length (z), collar included", lo=0.03, hi=0.1,
+                                 unit="m")
+    bore_ratio: float = config.param(0.6, "bore diameter / tube outer diameter", lo=0.4, hi=0.75)
+    collar_ratio: float = config.param(1.4, "collar diameter / tube outer diameter",
+                                       lo=1.2, hi=1.6)
+    collar_thickness: float = config.param(0.006, "collar thickness", lo=0.003, hi=0.01,
+                                           unit="m")
+
+
 #: family name -> parameter dataclass (fields made with config.param: ranges, units, choices).
 PART_FAMILIES: dict[str, type] = {
     "l_bracket": LBracketParams,
@@ -633,6 +658,7 @@ PART_FAMILIES: dict[str, type] = {
     "hex_nut": HexNutParams,
     "connector_housing": ConnectorHousingParams,
     "t_profile": TProfileParams,
+    "bushing": BushingParams,
 }
 
 
@@ -895,10 +921,25 @@ def _build_t_profile(p: TProfileParams):
     return mesh, [_rot_axis([0, 1, 0], math.pi)], []
 
 
+def _build_bushing(p: BushingParams):
+    r_out = p.outer_diameter / 2
+    r_bore = p.bore_ratio * r_out
+    r_collar = p.collar_ratio * r_out
+    tc, L = p.collar_thickness, p.length
+    profile = np.array([(r_bore, 0.0), (r_collar, 0.0), (r_collar, tc), (r_out, tc),
+                        (r_out, L), (r_bore, L), (r_bore, 0.0)])
+    # 160 sections: the chord sag at the largest collar (56 mm radius) is 0.011 mm, so any
+    # rotation about z maps the tessellated surface onto itself within 0.02 mm.
+    mesh = trimesh.creation.revolve(profile, sections=160)
+    mesh.apply_translation([0.0, 0.0, -L / 2])
+    return mesh, [], [{"axis": np.array([0.0, 0.0, 1.0]), "offset": np.zeros(3)}]
+
+
 _BUILDERS = {
     "l_bracket": _build_l_bracket,
     "flange": _build_flange,
     "hex_nut": _build_hex_nut,
     "connector_housing": _build_connector_housing,
     "t_profile": _build_t_profile,
+    "bushing": _build_bushing,
 }
