@@ -262,9 +262,10 @@ class PartModel:
                                  describe_array(arr))
             T = arr.reshape(4, 4).copy()
             T[:3, 3] *= 1e-3
-            # models_info files carry rounded rotations; re-orthonormalise before the strict check.
+            # models_info files carry rounded rotations: accept 1e-4, then re-orthonormalise.
+            check_pose(T, name=f"{name}: symmetries_discrete[{i}]", atol=1e-4)
             T[:3, :3] = _nearest_rotation(T[:3, :3])
-            disc.append(check_pose(T, name=f"{name}: symmetries_discrete[{i}]", atol=1e-4))
+            disc.append(T)
         cont = []
         for i, sym in enumerate(info.get("symmetries_continuous", []) or []):
             if not isinstance(sym, dict) or "axis" not in sym:
@@ -292,10 +293,9 @@ def _check_continuous(sym: dict, name: str) -> dict:
 
 
 def _nearest_rotation(R: np.ndarray) -> np.ndarray:
-    """Closest proper rotation to a 3x3 matrix (SVD projection)."""
+    """Closest orthogonal matrix to a near-rotation 3x3 matrix (SVD projection)."""
     U, _, Vt = np.linalg.svd(R)
-    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt)) or 1.0])
-    return U @ D @ Vt
+    return U @ Vt
 
 
 def _hull_vertices(mesh: trimesh.Trimesh) -> np.ndarray:
