@@ -197,7 +197,7 @@ def test_truncated_object_uses_callers_counts(tmp_path):
     assert bbox_obj[0] < 0
     visib = mask & (np.arange(H)[:, None] < 30)  # lower half occluded
     obj = ObjectAnnotation(1, make_pose(t=[0, 0, 0.5]), mask, visib,
-                           px_count_all=int(big.sum()), bbox_obj=bbox_obj)
+                           px_count_all=np.int64(big.sum()), bbox_obj=np.array(bbox_obj))
     hidden = ObjectAnnotation(2, make_pose(t=[0, 0, 0.6]), mask, np.zeros_like(mask))
     depth = np.full(CAM.shape, 0.5, np.float32)
     depth[:, :3] = 0

@@ -268,7 +268,9 @@ def _load_json(path: Path, what: str) -> Any:
 
 
 def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
+    # NumPy scalars count (callers pass np.int64 counts); JSON gives int/float only.
+    return (isinstance(v, (int, float, np.integer, np.floating))
+            and not isinstance(v, (bool, np.bool_)) and bool(np.isfinite(v)))
 
 
 def _number(v, where: str, what: str = "a finite number") -> float:
