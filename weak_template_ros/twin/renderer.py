@@ -245,31 +245,35 @@ class Renderer:
         cam = self.camera
         H, W = cam.shape
         lighting = lighting or Lighting()
-        depth = np.zeros((H, W), np.float32)
-        normals = np.zeros((H, W, 3), np.float32)
-        instance = np.full((H, W), -1, np.int32)
-        albedo = np.zeros((H, W, 3), np.float32)
-        spec = np.zeros((H, W), np.float32)
-        shin = np.ones((H, W), np.float32)
-        masks_full, object_depths = [], []
+        L = np.asarray(lighting.direction, np.float32)
+        L = L / np.linalg.norm(L)
+        ambient, intensity = np.float32(lighting.ambient), np.float32(lighting.intensity)
         nearest = np.full((H, W), np.inf, np.float32)
+        instance = np.full((H, W), -1, np.int32)
+        radiance = np.empty((H, W, 3), np.float32)
+        radiance[:] = np.float32(lighting.background)
 
         if table is not None:
             T = check_pose(table.T_cam_table, "table.T_cam_table")
             n = T[:3, 2].astype(np.float32)
-            denom = self._dirs @ n
+            n = n if n @ T[:3, 3] < 0 else -n  # face the camera (camera centre is the origin)
             with np.errstate(divide="ignore", invalid="ignore"):
-                z = np.float32(n @ T[:3, 3]) / denom
-            ok = np.isfinite(z) & (z > 0)
+                z = np.float32(n @ T[:3, 3]) / (self._dirs @ n)
+            table_hit = np.isfinite(z) & (z > 0)
             if table.half_size is not None:
                 p = self._dirs * z[..., None] - T[:3, 3].astype(np.float32)
                 local = p @ T[:3, :2].astype(np.float32)
-                ok &= np.all(np.abs(local) <= table.half_size, axis=-1)
-            nearest[ok] = z[ok]
-            nt = n if n @ T[:3, 3] < 0 else -n  # face the camera (camera centre is the origin)
-            normals[ok] = nt
-            albedo[ok] = _albedo_rgb(table.albedo)
+                table_hit &= np.all(np.abs(local) <= table.half_size, axis=-1)
+            nearest[table_hit] = z[table_hit]
+            # Constant normal: the (matte) table's radiance is one colour.
+            table_rgb = _albedo_rgb(table.albedo) * (ambient + intensity * max(float(n @ L), 0.0))
+            radiance = np.where(table_hit[..., None], table_rgb, radiance)
+            normals = table_hit[..., None] * n
+        else:
+            table_hit = np.zeros((H, W), bool)
+            normals = np.zeros((H, W, 3), np.float32)
 
+        masks_full, object_depths, materials = [], [], []
         for i, obj in enumerate(objects):
             if obj.key not in self._scenes:
                 raise InputError("SceneObject.key", f"one of the added meshes {list(self._scenes)}",
@@ -283,27 +287,29 @@ class Renderer:
             nearest[front] = d[front]
             normals[front] = nrm[front]
             instance[front] = i
-            albedo[front] = _albedo_rgb(obj.albedo)
-            spec[front] = obj.specular
-            shin[front] = obj.shininess
+            materials.append((_albedo_rgb(obj.albedo), np.float32(obj.specular),
+                              np.float32(obj.shininess)))
 
         anything = np.isfinite(nearest)
-        depth[anything] = nearest[anything]
+        depth = np.where(anything, nearest, np.float32(0.0))
 
-        # Shading: Lambert + ambient + Blinn-Phong, in the camera frame.
-        L = np.asarray(lighting.direction, np.float32)
-        L /= np.linalg.norm(L)
-        view = self._view
-        ndotl = np.clip(normals @ L, 0.0, None)
-        h = view + L
-        h /= np.linalg.norm(h, axis=-1, keepdims=True)
-        ndoth = np.clip(np.einsum("hwc,hwc->hw", normals, h), 0.0, None)
-        diffuse = np.float32(lighting.ambient) + np.float32(lighting.intensity) * ndotl
-        radiance = albedo * diffuse[..., None]
-        radiance += (np.float32(lighting.intensity) * spec * ndoth**shin)[..., None]
-        radiance[~anything] = np.float32(lighting.background)
+        # Objects: Lambert + ambient + Blinn-Phong, evaluated on object pixels only.
+        v_obj, u_obj = np.nonzero(instance >= 0)
+        if len(v_obj):
+            n_o = normals[v_obj, u_obj]
+            view_o = self._view[v_obj, u_obj]
+            inst = instance[v_obj, u_obj]
+            albedo = np.stack([m[0] for m in materials])[inst]
+            spec = np.array([m[1] for m in materials], np.float32)[inst]
+            shin = np.array([m[2] for m in materials], np.float32)[inst]
+            h = view_o + L
+            h /= np.linalg.norm(h, axis=1, keepdims=True)
+            ndotl = np.clip(n_o @ L, 0.0, None)
+            ndoth = np.clip(np.einsum("nc,nc->n", n_o, h), 0.0, None)
+            rad = albedo * (ambient + intensity * ndotl)[:, None]
+            rad += (intensity * spec * ndoth**shin)[:, None]
+            radiance[v_obj, u_obj] = rad
 
-        cos_inc = np.abs(np.einsum("hwc,hwc->hw", normals, view))
         if sensor is None:
             rgb = np.clip(radiance * 255.0 + 0.5, 0, 255).astype(np.uint8)
             depth_out = depth
@@ -311,6 +317,7 @@ class Renderer:
             if rng is None:
                 raise InputError("rng", "a np.random.Generator when a sensor model is given", None)
             rgb = sensor.apply_rgb(radiance, rng)
+            cos_inc = np.abs(np.einsum("hwc,hwc->hw", normals, self._view))
             depth_out = sensor.apply_depth(depth, cos_inc, rng)
         return RenderResult(rgb=rgb, depth=depth_out, depth_exact=depth, normals=normals,
                             instance=instance, masks_full=masks_full, radiance=radiance,
