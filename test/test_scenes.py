@@ -79,3 +79,16 @@ def test_inconsistent_spec_is_refused():
         SceneSpec(distance_min=1.0, distance_max=0.5)
     with pytest.raises(InputError, match="family"):
         make_part_set(["teapot"])
+
+
+def test_show_writes_overview_with_dataset_stats(tmp_path, parts):
+    from weak_template_ros.twin.overview import dataset_overview
+
+    generate_dataset(tmp_path, parts, SceneSpec(**SMALL), n_scenes=2, seed=0)
+    stats = dataset_overview(tmp_path, tmp_path / "overview.png", n_frames=3)
+    assert (stats["scenes"], stats["frames"], stats["objects"]) == (2, 4, 12)
+    assert 0.0 < stats["mean_visib_fract"] <= 1.0
+    import cv2
+
+    img = cv2.imread(str(tmp_path / "overview.png"))
+    assert img.shape[0] > 3 * 240 and img.shape[1] > 3 * 320  # 3 rows x 3 panels

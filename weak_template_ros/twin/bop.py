@@ -686,6 +686,13 @@ class BopDataset:
         """Image ids of a scene (the keys of its ``scene_camera.json``), sorted."""
         return sorted(self._scene(split, scene_id).camera)
 
+    def scene_gt_info(self, split: str, scene_id: int) -> dict[int, list[dict]]:
+        """``scene_gt_info.json`` of a scene (im_id -> per-instance records), {} when absent.
+
+        Reads no image: for dataset statistics over many frames.
+        """
+        return dict(self._scene(split, scene_id).info or {})
+
     def iter_frames(self, split: str, masks: bool = True) -> Iterator[BopFrame]:
         """Every frame of ``split``, scene by scene, image by image."""
         for scene_id in self.scene_ids(split):

@@ -49,7 +49,7 @@ def dataset_overview(root: str | Path, out: str | Path, split: str | None = None
     viz.save_png(out, viz.tile(rows, cols=3))
     n_frames_total, n_obj, visib = 0, 0, []
     for s in scene_ids:
-        for info in (ds._scene(split, s).info or {}).values():  # TODO: public accessor in bop.py
+        for info in ds.scene_gt_info(split, s).values():
             n_frames_total += 1
             n_obj += len(info)
             visib.extend(r["visib_fract"] for r in info)
