@@ -56,6 +56,16 @@ def median_ms(fn, repeats: int) -> float:
     return 1000 * float(np.median(times))
 
 
+def time_view(r: Renderer, T: np.ndarray, table: TablePlane, sensor: SensorModel,
+              rng: np.random.Generator, repeats: int) -> tuple[float, float, float]:
+    """Median ms of: ray cast alone, exact render (cast + shading), render with the sensor model."""
+    objs = [SceneObject("part", T, albedo=0.7, specular=0.2)]
+    light = Lighting()
+    return (median_ms(lambda: r.cast_object("part", T), repeats),
+            median_ms(lambda: r.render(objs, table=table, lighting=light), repeats),
+            median_ms(lambda: r.render(objs, table=table, lighting=light, sensor=sensor, rng=rng), repeats))
+
+
 def run(repeats: int) -> dict:
     cam = CameraIntrinsics.from_fov(640, 480, 60)
     sensor = SensorModel()
@@ -69,13 +79,7 @@ def run(repeats: int) -> dict:
         for label, dist in (("typical, 0.5 m", 0.5), ("close-up, 0.2 m", 0.2)):
             T = make_pose(R, [0.0, 0.0, dist])
             table = TablePlane(make_pose(np.diag([1.0, -1.0, -1.0]), [0, 0, dist + 0.04]))
-            objs = [SceneObject("part", T, albedo=0.7, specular=0.2)]
-            light = Lighting()
-            t_cast = median_ms(lambda T=T: r.cast_object("part", T), repeats)
-            t_exact = median_ms(lambda objs=objs, table=table: r.render(objs, table=table, lighting=light),
-                                repeats)
-            t_full = median_ms(lambda objs=objs, table=table: r.render(objs, table=table, lighting=light,
-                                                                       sensor=sensor, rng=rng), repeats)
+            t_cast, t_exact, t_full = time_view(r, T, table, sensor, rng, repeats)
             coverage = float((r.cast_object("part", T)[0] > 0).mean())
             rows.append({"triangles": len(mesh.faces), "view": label, "coverage": coverage,
                          "cast_ms": t_cast, "exact_ms": t_exact, "with_sensor_ms": t_full,
@@ -113,8 +117,9 @@ def write(result: dict) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for view in dict.fromkeys(r["view"] for r in result["results"]):
         rs = [r for r in result["results"] if r["view"] == view]
-        ax.plot([r["triangles"] for r in rs], [r["fps_with_sensor"] for r in rs], "o-", label=f"{view}, sensor")
-        ax.plot([r["triangles"] for r in rs], [r["fps_exact"] for r in rs], "s--", label=f"{view}, exact")
+        tris = [r["triangles"] for r in rs]
+        ax.plot(tris, [r["fps_with_sensor"] for r in rs], "o-", label=f"{view}, sensor")
+        ax.plot(tris, [r["fps_exact"] for r in rs], "s--", label=f"{view}, exact")
     ax.axhline(30, color="k", lw=0.8, ls=":", label="target 30 fps")
     ax.set_xscale("log")
     ax.set_xlabel("triangles")
