@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := libegl1 libgl1 libx11-6 libusb-1.0-0
+APT_PACKAGES := libegl1 libgl1 libx11-6 libusb-1.0-0 strace
 # Pytest workers: the suite is sized for 2 cores.
 JOBS ?= 2
 
