@@ -231,6 +231,25 @@ def test_sample_points_on_surface_with_outward_normals():
     assert part.mesh.contains(p1 - 5e-5 * n1).mean() > 0.97  # thin walls may be crossed
 
 
+def test_symmetry_error_of_a_known_non_symmetry():
+    """Box 10x20x30 mm turned 90° about z: its x faces land 5 mm outside the original box."""
+    box = trimesh.creation.box((0.010, 0.020, 0.030))
+    quarter = make_pose(rotation_from_rotvec([0, 0, math.pi / 2]))
+    assert symmetry_error(box, quarter) == pytest.approx(0.005, abs=1.1e-6)
+    half = make_pose(rotation_from_rotvec([0, 0, math.pi]))
+    assert symmetry_error(box, half) < 1.1e-6
+
+
+def test_point_triangle_distance_on_slivers():
+    from weak_template_ros.models import _point_triangle_distance
+
+    sliver = np.array([[[0.0, 0.0, 0.0], [0.06, 0.0, 0.0], [0.03, 1e-9, 0.0]]])
+    for p, expected in (([0.03, 1e-5, 0.0], 1e-5 - 1e-9), ([0.03, 0.0, 2e-5], 2e-5),
+                        ([0.07, 0.0, 0.0], 0.01), ([0.01, -3e-6, 0.0], 3e-6)):
+        d = _point_triangle_distance(np.array([p]), sliver)
+        assert d[0] == pytest.approx(expected, rel=1e-6, abs=1e-15)
+
+
 # ---------------------------------------------------------------------------------------------
 # Procedural parts
 # ---------------------------------------------------------------------------------------------
