@@ -214,6 +214,11 @@ def test_symmetry_transforms_combine_discrete_and_continuous():
     steps = math.ceil(math.pi / 0.1)
     assert Ts.shape == (2 * steps, 4, 4)
     np.testing.assert_allclose(Ts[0], np.eye(4))
+    # The BOP toolkit's order: for each discrete D (identity first), each continuous step C: C D.
+    C1 = make_pose(rotation_from_rotvec([0, 0, 2 * math.pi / steps]))
+    np.testing.assert_allclose(Ts[1], C1, atol=1e-12)
+    np.testing.assert_allclose(Ts[steps + 1], C1 @ part.symmetries_discrete[0], atol=1e-12)
+    assert len(make_part("hex_nut", 0, chamfer="both").symmetry_transforms()) == 12
 
 
 def test_sample_points_on_surface_with_outward_normals():

@@ -190,10 +190,11 @@ class PartModel:
     def symmetry_transforms(self, max_sym_disc_step: float = 0.01) -> np.ndarray:
         """All symmetry transforms, identity included, continuous ones discretised (metres).
 
-        Same combination rule as the BOP toolkit's ``get_symmetry_transformations``: a
-        continuous axis is cut into ``ceil(pi / max_sym_disc_step)`` equal steps and combined
-        with every discrete symmetry (unlike the toolkit, the zero-angle step — identity — is
-        kept, so the result always contains the identity first).
+        The same set in the same order as the BOP toolkit's
+        ``misc.get_symmetry_transformations``: identity then the discrete symmetries, each
+        composed (``C @ D``) with every step of the continuous axes, each axis cut into
+        ``ceil(pi / max_sym_disc_step)`` equal angle steps starting at zero. The identity
+        comes first.
 
         Returns
         -------
@@ -203,13 +204,13 @@ class PartModel:
         if not (max_sym_disc_step > 0):
             raise InputError("max_sym_disc_step", "a number > 0", max_sym_disc_step)
         disc = [np.eye(4), *self.symmetries_discrete]
-        cont = [np.eye(4)]
+        cont = []
+        steps = math.ceil(math.pi / max_sym_disc_step)
         for s in self.symmetries_continuous:
-            steps = math.ceil(math.pi / max_sym_disc_step)
-            for i in range(1, steps):
+            for i in range(steps):
                 R = rotation_from_rotvec(s["axis"] * (2.0 * math.pi * i / steps))
                 cont.append(make_pose(R, s["offset"] - R @ s["offset"]))
-        return np.stack([C @ D for D in disc for C in cont])
+        return np.stack([C @ D for D in disc for C in (cont or [np.eye(4)])])
 
     # -- BOP models_info -----------------------------------------------------------------
 
