@@ -344,7 +344,8 @@ def _edge_defects(mesh: trimesh.Trimesh) -> int:
     return int(np.count_nonzero(counts != 2))
 
 
-def repair_mesh(mesh: trimesh.Trimesh, name: str = "mesh", soup: bool = False) -> list[str]:
+def repair_mesh(mesh: trimesh.Trimesh, name: str = "mesh", soup: bool = False,
+                require_watertight: bool = True) -> list[str]:
     """Repair ``mesh`` in place with trimesh; return what was done, raise if beyond repair.
 
     Steps: merge duplicate vertices, drop faces with a repeated vertex and duplicate faces, fill
@@ -353,6 +354,7 @@ def repair_mesh(mesh: trimesh.Trimesh, name: str = "mesh", soup: bool = False) -
     boundaries larger than a quad, edges shared by more than two faces) raises InputError
     naming ``name``.
     ``soup=True`` (STL: a format without shared vertices) does not report the vertex merge.
+    ``require_watertight=False`` keeps an open mesh instead (said in the returned list).
     """
     repairs: list[str] = []
     n_v = len(mesh.vertices)
@@ -375,6 +377,11 @@ def repair_mesh(mesh: trimesh.Trimesh, name: str = "mesh", soup: bool = False) -
         trimesh.repair.fill_holes(mesh)
         if mesh.is_watertight:
             repairs.append(f"filled holes ({open_before} open edges)")
+    if not mesh.is_watertight and not require_watertight:
+        trimesh.repair.fix_winding(mesh)
+        repairs.append(f"left open: {_edge_defects(mesh)} open or non-manifold edges "
+                       "(not watertight; volume, centre of mass and inside tests are unreliable)")
+        return repairs
     if not mesh.is_watertight:
         raise InputError(
             name,
@@ -395,7 +402,8 @@ def repair_mesh(mesh: trimesh.Trimesh, name: str = "mesh", soup: bool = False) -
     return repairs
 
 
-def load_mesh(path: str | Path, units: str = "auto", name: str | None = None) -> PartModel:
+def load_mesh(path: str | Path, units: str = "auto", name: str | None = None,
+              require_watertight: bool = True) -> PartModel:
     """Load a PLY / OBJ / STL part model into metres, repairing what trimesh can repair.
 
     Parameters
@@ -408,6 +416,9 @@ def load_mesh(path: str | Path, units: str = "auto", name: str | None = None) ->
         the decision is in ``result.source_units`` with ``result.units_detected = True``.
     name : str, optional
         Part name; default the file stem.
+    require_watertight : bool
+        True (default): a surface still open after repair is an error. False: it is kept
+        (e.g. scanned models of external datasets) and ``repairs`` says it is open.
 
     Returns
     -------
@@ -452,7 +463,8 @@ def load_mesh(path: str | Path, units: str = "auto", name: str | None = None) ->
     if len(mesh.faces) and (mesh.faces.min() < 0 or mesh.faces.max() >= len(vertices)):
         raise InputError(where, "face indices within the vertex list", "out-of-range indices")
     mesh = trimesh.Trimesh(vertices=vertices.astype(np.float64), faces=mesh.faces, process=False)
-    repairs = repair_mesh(mesh, name=where, soup=suffix == ".stl")
+    repairs = repair_mesh(mesh, name=where, soup=suffix == ".stl",
+                          require_watertight=require_watertight)
 
     diagonal = float(np.linalg.norm(mesh.extents))
     if units == "auto":
