@@ -59,6 +59,7 @@ __all__ = [
     "TProfileParams",
     "load_mesh",
     "make_part",
+    "repair_mesh",
     "save_mesh",
     "stable_poses",
     "symmetry_error",
