@@ -400,3 +400,25 @@ def test_depth_units_survive_float32_metres(depth_scale, seed):
     metres = depth_from_png_units(units, depth_scale)
     assert metres.dtype == np.float32
     assert np.array_equal(depth_to_png_units(metres, depth_scale), units)
+
+
+def test_open_scanned_model_loads_from_a_bop_folder(tmp_path):
+    """Published BOP datasets ship open (scanned) meshes: the reader loads them as they are."""
+    import json
+
+    import trimesh
+
+    from weak_template_ros.twin.bop import BopDataset
+
+    (tmp_path / "models").mkdir()
+    box = trimesh.creation.box((40.0, 30.0, 20.0))  # mm
+    open_box = trimesh.Trimesh(box.vertices, box.faces[:-2], process=False)  # one side missing
+    open_box.export(tmp_path / "models" / "obj_000001.ply")
+    info = {"1": {"diameter": 53.85, "min_x": -20.0, "min_y": -15.0, "min_z": -10.0,
+                  "size_x": 40.0, "size_y": 30.0, "size_z": 20.0}}
+    (tmp_path / "models" / "models_info.json").write_text(json.dumps(info))
+    (tmp_path / "camera.json").write_text(json.dumps({"cx": 320, "cy": 240, "fx": 500, "fy": 500,
+                                                      "height": 480, "width": 640, "depth_scale": 1.0}))
+    model = BopDataset(tmp_path).load_model(1)
+    assert len(model.mesh.faces) >= 10
+    assert abs(model.extent[0] - 0.040) < 1e-6  # mm file -> metres

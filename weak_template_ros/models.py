@@ -543,7 +543,8 @@ def stable_poses(model: PartModel, n_max: int = 8) -> list[tuple[np.ndarray, flo
     """
     if isinstance(n_max, bool) or not isinstance(n_max, (int, np.integer)) or n_max < 1:
         raise InputError("n_max", "an integer >= 1", repr(n_max))
-    transforms, probs = trimesh.poses.compute_stable_poses(model.mesh, seed=0)
+    with np.errstate(invalid="ignore"):  # trimesh takes sqrt of tiny negative variances; harmless
+        transforms, probs = trimesh.poses.compute_stable_poses(model.mesh, seed=0)
     order = np.argsort(-np.asarray(probs), kind="stable")[: int(n_max)]
     hull = _hull_vertices(model.mesh)
     out = []

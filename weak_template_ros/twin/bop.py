@@ -795,7 +795,8 @@ class BopDataset:
         if int(obj_id) not in self.models_info:
             raise InputError(f"{info_path}: {obj_id}", "a models_info entry for this object",
                              "missing")
-        part = load_mesh(path, units="mm", name=path.stem)
+        # Published BOP models include open scans: load them as they are (repairs still listed).
+        part = load_mesh(path, units="mm", name=path.stem, require_watertight=False)
         return PartModel.from_models_info(part.name, part, self.models_info[int(obj_id)])
 
     # -- internals ------------------------------------------------------------------------------
