@@ -11,6 +11,7 @@ keys) and in the core's YAML files.
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import math
 import threading
@@ -30,7 +31,7 @@ from rcl_interfaces.msg import (
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.parameter import Parameter
 
-from weak_template_ros.config import from_mapping
+from weak_template_ros.config import validate
 from weak_template_ros.errors import InputError
 
 T = typing.TypeVar("T")
@@ -95,6 +96,8 @@ class ParamSpec:
         if value is None:  # an array parameter declared without default and not set
             return self.default
         if self.container is not None:
+            if not isinstance(value, (list, tuple, array.array)):
+                raise InputError(self.name, f"a list of {self.python_type.__name__}", repr(value))
             items = [self.python_type(v) for v in value]
             return self.container(items)
         if self.python_type is float and isinstance(value, int) and not isinstance(value, bool):
@@ -231,9 +234,11 @@ class ConfigParameters:
                 if not spec.default and spec.container is not None:
                     # An empty default has no inferable element type: declare the type itself.
                     p = node.declare_parameter(name, spec.type, descriptor)
-                elif name in overrides:
-                    value = _coerce(spec, overrides[name].value)
-                    p = node.declare_parameter(name, value, descriptor, ignore_override=True)
+                elif name in overrides and _coerce(spec, overrides[name].value) is not overrides[name].value:
+                    # YAML's "10" for a double: declare the converted value (rclpy would refuse
+                    # the type); the type itself always comes from the dataclass default.
+                    p = node.declare_parameter(name, _coerce(spec, overrides[name].value), descriptor,
+                                               ignore_override=True)
                 else:
                     p = node.declare_parameter(name, _ros_value(spec.default), descriptor)
             except InvalidParameterValueException as e:
@@ -241,7 +246,7 @@ class ConfigParameters:
                 raise InputError(name, _expected(spec), repr(got)) from e
             except (InvalidParameterTypeException, TypeError) as e:
                 got = overrides[name].value if name in overrides else spec.default
-                raise InputError(name, f"a {spec.type.name.lower()} parameter", repr(got)) from e
+                raise InputError(name, f"a parameter of type {spec.type.name.lower()}", repr(got)) from e
             values[name] = spec.to_python(p.value)
         self._flat = values
         self.config = self._build(values)
@@ -255,7 +260,7 @@ class ConfigParameters:
             node.add_post_set_parameters_callback(self._post_set)
 
     def _build(self, flat: Mapping[str, Any]):
-        return from_mapping(self.cls, nest(flat), source=f"{self.node.get_name()} parameters")
+        return config_from_parameters(self.cls, flat, source=f"{self.node.get_name()} parameters")
 
     def _pre_set(self, parameters: list[Parameter]) -> list[Parameter]:
         out = []
@@ -305,6 +310,38 @@ class ConfigParameters:
             self.on_change(old, cfg, names)
 
 
+def config_from_parameters(cls: type[T], flat: Mapping[str, Any], source: str = "parameters") -> T:
+    """Config dataclass from dotted parameter names and values, validated.
+
+    Values are converted as the node reads them (lists to tuples, integers for doubles to
+    floats). Built here rather than with :func:`weak_template_ros.config.from_mapping`, whose
+    nested validation names a field without its parent ("mode" for "inner.mode").
+
+    Raises
+    ------
+    InputError
+        Unknown names (listing the known ones) or a bad value, named with its dotted name.
+    """
+    specs = {s.name: s for s in parameter_specs(cls)}
+    unknown = sorted(set(flat) - set(specs))
+    if unknown:
+        raise InputError(source, f"only the parameters {sorted(specs)}", f"unknown name(s) {unknown}")
+    typed = {k: specs[k].to_python(_coerce(specs[k], v)) if isinstance(v, (list, tuple, int, float))
+             else v for k, v in flat.items()}
+    return validate(_construct(cls, nest(typed)))
+
+
+def _construct(cls: type, values: Mapping[str, Any]):
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in values:
+            v = values[f.name]
+            nested = dataclasses.is_dataclass(hints.get(f.name))
+            kwargs[f.name] = _construct(hints[f.name], v) if nested else v
+    return cls(**kwargs)
+
+
 def _ros_value(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
@@ -348,4 +385,4 @@ def load_ros_params(cls: type[T], path: str | Path, node_name: str, namespace: s
             from exc
     flat = ros_params_section(data, node_name, namespace)
     flat = {k: v for k, v in flat.items() if k not in ("use_sim_time",)}
-    return from_mapping(cls, nest(flat), source=f"{path}:{node_name}")
+    return config_from_parameters(cls, flat, source=f"{path}:{node_name}")
