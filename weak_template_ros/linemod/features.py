@@ -17,6 +17,7 @@ the azimuth of the (nx, ny) part of the camera-frame normal in 8 steps of 45 deg
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -46,7 +47,25 @@ __all__ = [
     "resolve_device",
     "response_maps",
     "spread",
+    "torch_threads",
 ]
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with ``n`` torch CPU threads (0: unchanged), restoring the setting after.
+
+    On a loaded machine a parallel region waits for its slowest thread: for the many small
+    operations of one frame, 1 thread was measured up to 9x faster than 2 on this 2-core host.
+    """
+    old = torch.get_num_threads()
+    if n > 0 and n != old:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n > 0 and n != old:
+            torch.set_num_threads(old)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -48,6 +48,8 @@ class MatcherConfig:
     """Tunables of the matcher (scene side); the template side is in the library."""
 
     device: str = param("auto", "torch device: 'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:N'")
+    threads: int = param(1, "torch CPU threads while matching (0: leave torch's setting); one "
+                         "thread is fastest on a loaded machine", lo=0, hi=256)
     spread: tuple = param((), "spreading T per pyramid level (finest first); the coarsest T "
                           "is the step of the exhaustive search; level 0 always uses a soft 3x3 "
                           "spread. Empty: 8 at the coarsest level, 4 in between", unit="px")
@@ -423,7 +425,7 @@ class Matcher:
             dep = fe.as_depth_tensor(depth, lib.camera.shape, "depth", self.device)
         with_depth = dep is not None and c.use_depth and lib.has_depth
         depth_np = None if dep is None else dep.cpu().numpy()
-        with torch.inference_mode():
+        with torch.inference_mode(), fe.torch_threads(c.threads):
             return self._match(image, dep, with_depth, camera, depth_np)
 
     def _match(self, image, dep, with_depth: bool, camera: CameraIntrinsics, depth_np

@@ -510,8 +510,9 @@ def build_templates(model, camera: CameraIntrinsics, cfg: TemplateConfig | None 
     for i, (T, (_, d, _)) in enumerate(zip(poses, meta, strict=True)):
         r, anchor = renderers[d]
         out = r.render([SceneObject("part", T, albedo=cfg.albedo)], lighting=light)
-        f = extract_template_features(out.rgb, out.depth_exact, out.masks_full[0], anchor,
-                                      camera.fx, camera.fy, cfg)
+        with fe.torch_threads(1):  # small images: threads only add synchronisation
+            f = extract_template_features(out.rgb, out.depth_exact, out.masks_full[0], anchor,
+                                          camera.fx, camera.fy, cfg)
         for lev in range(cfg.pyramid_levels):
             grads[lev][i] = f["grad"][lev]
             deps[lev][i] = f["depth"][lev]
