@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 import pytest
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseArray
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -315,3 +315,24 @@ def test_bad_start_parameters_exit_2_with_the_reason(args, message, capsys):
         argv += ["-p", a]
     assert run_node(TwinCameraNode, argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_source_failure_is_reported_and_a_good_parameter_recovers():
+    """A scene with no room for its parts fails in the frame thread: the node reports it in
+    diagnostics and keeps running; a better placement radius set at run time brings frames back."""
+    with ros_session() as s:
+        node = s.node("twin_fail_listener")
+        cam = CameraListener(node, image_qos=RELIABLE)
+        diags = TopicRecorder(node, DiagnosticArray, "/diagnostics", RELIABLE)
+        twin = s.add(TwinCameraNode(context=s.context, parameter_overrides=_small_params(
+            **{"scene.placement_radius": 0.0, "rate_hz": 20.0, "image_reliability": "reliable"})))
+
+        def errors():
+            return [st for m in diags.messages for st in m.status
+                    if st.name.endswith("twin_camera") and st.level == DiagnosticStatus.ERROR]
+
+        assert wait_until(lambda: errors(), 10)
+        assert "placement_radius" in errors()[0].message and "frame source failed" in errors()[0].message
+        assert twin.published == 0 and not cam.color.messages
+        twin.set_parameters([Parameter("scene.placement_radius", value=0.12)])
+        assert wait_until(lambda: len(cam.frames()) >= 2, 20)
