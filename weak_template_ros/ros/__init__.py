@@ -1,1 +1,16 @@
-"""ros"""
+"""ROS 2 edge of the package: the only place that imports rclpy and message packages.
+
+Modules (import them directly; this package imports nothing so that ``loopback`` works without
+rclpy):
+
+* ``loopback``: the loopback-only Fast DDS environment every process sets before ``rclpy.init``.
+* ``conversions``: Image (rgb8, bgr8, mono8, mono16, 16UC1 mm, 32FC1 m, padded rows, either byte
+  order) <-> NumPy, CameraInfo <-> CameraIntrinsics, poses <-> Pose/PoseStamped/PoseArray/
+  TransformStamped, stamps.
+* ``sync``: approximate-time synchroniser (message_filters when importable, ours otherwise).
+* ``params``: ROS parameters declared from the core's config dataclasses, validated on change.
+* ``diagnostics``: rate, stage latency, drops and errors on ``/diagnostics``.
+* ``node_main``: console-script entry (loopback check, init, spin, clean SIGINT shutdown).
+* ``twin_camera``: the digital twin (or a BOP folder, or a rosbag2) as an RGB-D camera node.
+* ``testing``: in-process sessions and topic recorders for tests, benches and the demo.
+"""
