@@ -243,8 +243,10 @@ def test_bop_source_publishes_the_dataset(tmp_path):
         assert [int(m.ns[4:]) for m in f["markers"].markers] == [o.obj_id for o in ref.objects]
 
 
-@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
-def test_bag_source_republishes_the_recording(tmp_path, storage):
+@pytest.mark.parametrize(("storage", "latched_info"), [("sqlite3", False), ("mcap", False), ("mcap", True)])
+def test_bag_source_republishes_the_recording(tmp_path, storage, latched_info):
+    """Every recorded message comes back as recorded; a camera_info recorded once (latched)
+    serves every frame, with the frame's stamp."""
     from rclpy.serialization import serialize_message
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
@@ -280,8 +282,10 @@ def test_bag_source_republishes_the_recording(tmp_path, storage):
               "gt": ("/camera/ground_truth/poses", "geometry_msgs/msg/PoseArray")}
     with Writer(path, version=9, storage_plugin=plugin) as w:
         conns = {r: w.add_connection(t, mt, typestore=store) for r, (t, mt) in topics.items()}
-        for frame in recorded:
+        for k, frame in enumerate(recorded):
             for role in ("info", "depth", "color", "gt"):
+                if role == "info" and latched_info and k > 0:
+                    continue
                 msg = frame[role]
                 w.write(conns[role], stamp_to_ns(msg.header.stamp), serialize_message(msg))
 
@@ -296,6 +300,11 @@ def test_bag_source_republishes_the_recording(tmp_path, storage):
         assert wait_until(lambda: len(cam.gt.messages) >= 3, 20)
         time.sleep(0.2)
         got = {r: getattr(cam, r).messages for r in ("color", "depth", "info", "gt")}
+    if latched_info:
+        for f in recorded[1:]:
+            f["info"] = CameraInfo(**{k: getattr(recorded[0]["info"], k)
+                                      for k in recorded[0]["info"].get_fields_and_field_types()})
+            f["info"].header = f["color"].header
     for role, msgs in got.items():
         assert [m.header for m in msgs] == [f[role].header for f in recorded], role
         assert msgs == [f[role] for f in recorded], role  # every field, data bytes included

@@ -83,6 +83,7 @@ DEPTH_INFO_TOPIC = "camera/aligned_depth_to_color/camera_info"
 GT_POSES_TOPIC = "camera/ground_truth/poses"
 GT_MARKERS_TOPIC = "camera/ground_truth/markers"
 _CACHE_BYTES = 512 * 2**20  # static scene frames are kept for looping up to this size
+_BAG_PENDING_MAX = 32  # incomplete bag frames held while waiting for their other messages
 
 
 @dataclass
@@ -305,9 +306,10 @@ class BopSource:
 class BagSource:
     """Frames of a rosbag2 recording: colour, depth, camera_info and ground truth grouped by stamp.
 
-    A frame is complete when it has a message of every role the bag records; frames left
-    incomplete when a newer one completes are published with what they have (a colour image is
-    required; the last camera_info seen stands in for a missing one).
+    A frame is complete when it has a message of every role recorded with (about) every colour
+    image; frames left incomplete when a newer one completes are published with what they have
+    (a colour image is required; the last camera_info seen stands in for a missing one, so a
+    camera_info recorded once serves every frame).
     """
 
     ROLES = (("color", "bag_color_topic", "sensor_msgs/msg/Image"),
@@ -333,6 +335,7 @@ class BagSource:
         by_topic = {c.topic.lstrip("/"): c for c in conns}
         listing = sorted(f"{c.topic} [{c.msgtype}]" for c in conns)
         self.roles: dict[str, tuple[str, type]] = {}  # bag topic -> (role, message class)
+        self._counts: dict[str, int] = {}
         for role, key, msgtype in self.ROLES:
             topic = getattr(cfg, key).lstrip("/")
             c = by_topic.get(topic)
@@ -345,12 +348,16 @@ class BagSource:
             if getattr(c.ext, "serialization_format", "cdr") != "cdr":
                 raise InputError(key, "CDR-serialised messages", c.ext.serialization_format)
             self.roles[c.topic] = (role, self.TYPES[msgtype])
+            self._counts[role] = int(c.msgcount)
+        # Roles recorded with (about) every colour frame are waited for; a camera_info recorded
+        # once (latched) is not, and stands in for every frame.
+        self.per_frame = {r for r, n in self._counts.items() if n >= 0.5 * self._counts["color"]}
 
     def frames(self, period_s: Callable[[], float]) -> Iterator[CameraFrame]:
         from rclpy.serialization import deserialize_message
         from rosbags.rosbag2 import Reader
 
-        wanted = {role for role, _ in self.roles.values()}
+        wanted = self.per_frame
         pending: dict[int, dict[str, object]] = {}
         last_info = None
 
@@ -368,7 +375,12 @@ class BagSource:
                 if role == "info":
                     last_info = msg
                 pending.setdefault(stamp, {})[role] = msg
-                if set(pending[stamp]) >= wanted:
+                while len(pending) > _BAG_PENDING_MAX:  # a role recorded once (latched info)
+                    s = min(pending)
+                    msgs = pending.pop(s)
+                    if "color" in msgs:
+                        yield finish(s, msgs)
+                if stamp in pending and set(pending[stamp]) >= wanted:
                     for s in sorted(pending):
                         msgs = pending.pop(s)
                         if s <= stamp and "color" in msgs:
@@ -500,6 +512,8 @@ class TwinCameraNode(Node):
         super().__init__(node_name, **kwargs)
         self._candidate = None
         self._params = None
+        # Parameter changes may come from any thread (set_parameters) while the timer runs.
+        self._lock = threading.RLock()
         self._params = ConfigParameters(self, TwinCameraConfig,
                                          read_only=("image_reliability", "image_queue_depth"),
                                          check=self._check, on_change=self._on_change)
@@ -543,6 +557,10 @@ class TwinCameraNode(Node):
 
     def _on_change(self, old: TwinCameraConfig, new: TwinCameraConfig, names: set[str]) -> None:
         self.get_logger().info(f"parameters changed: {sorted(names)}")
+        with self._lock:
+            self._apply_change(old, new)
+
+    def _apply_change(self, old: TwinCameraConfig, new: TwinCameraConfig) -> None:
         if new.rate_hz != old.rate_hz:
             self._timer.cancel()
             self.destroy_timer(self._timer)
@@ -566,6 +584,10 @@ class TwinCameraNode(Node):
         self.diagnostics.set_value("source", self.config.source)
 
     def _tick(self) -> None:
+        with self._lock:
+            self._tick_locked()
+
+    def _tick_locked(self) -> None:
         cfg = self.config
         if (cfg.max_frames and self.published >= cfg.max_frames) or self._ended:
             return
