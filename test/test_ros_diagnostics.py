@@ -68,3 +68,43 @@ def test_published_on_diagnostics_about_every_period():
     assert status_values(ours[0].status[0])["backend"] == "ours"
     stamps = [m.header.stamp.sec + 1e-9 * m.header.stamp.nanosec for m in ours]
     assert all(b > a for a, b in itertools.pairwise(stamps))
+
+
+def test_guard_keeps_a_subscriber_alive_through_bad_images():
+    """Bad messages over the wire (wrong encoding, size mismatch, a bug) are reported and dropped;
+    the good ones around them are processed."""
+    import numpy as np
+    from sensor_msgs.msg import Image
+
+    from weak_template_ros.ros.conversions import image_to_rgb, rgb_to_image
+
+    qos = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
+    with ros_session() as s:
+        node = s.node("guarded")
+        diag = NodeDiagnostics(node, period_s=3600.0)
+        good = []
+
+        def on_image(msg):
+            with diag.guard("image"):
+                if msg.header.frame_id == "bug":
+                    raise ZeroDivisionError("division by zero")
+                good.append(image_to_rgb(msg, "camera/color/image_raw"))
+
+        node.create_subscription(Image, "guard_test", on_image, qos)
+        pub = s.node("guard_pub").create_publisher(Image, "guard_test", qos)
+        assert wait_until(lambda: pub.get_subscription_count() > 0, 10)
+        rgb = np.full((4, 6, 3), 7, np.uint8)
+        bad_encoding = rgb_to_image(rgb)
+        bad_encoding.encoding = "rgba8"
+        short = rgb_to_image(rgb)
+        short.data = bytes(short.data)[:-3]
+        bug = rgb_to_image(rgb, frame_id="bug")
+        for msg in (rgb_to_image(rgb), bad_encoding, short, bug, rgb_to_image(rgb)):
+            pub.publish(msg)
+        assert wait_until(lambda: diag.errors_total == 3 and len(good) == 2, 10)
+        st = diag.status()
+    assert all(np.array_equal(g, rgb) for g in good)
+    v = status_values(st)
+    assert v["drops.bad_image"] == "3" and v["frames_total"] == "0"
+    assert v["last_error"] == "image: ZeroDivisionError: division by zero"
+    assert st.level == DiagnosticStatus.ERROR  # errors and no output frame in the window

@@ -12,10 +12,13 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import traceback
 from collections import defaultdict
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+from weak_template_ros.errors import InputError
+from weak_template_ros.ros.qos import result_qos
 
 DIAGNOSTICS_TOPIC = "/diagnostics"
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
@@ -55,8 +58,7 @@ class NodeDiagnostics:
         self.last_error = ""
         self._last_error_t = -float("inf")
         self._reset_window(time.monotonic())
-        self.publisher = node.create_publisher(
-            DiagnosticArray, DIAGNOSTICS_TOPIC, QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        self.publisher = node.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, result_qos())
         self.timer = node.create_timer(self.period_s, self.publish)
 
     def _reset_window(self, now: float) -> None:
@@ -105,6 +107,25 @@ class NodeDiagnostics:
             self._last_error_t = time.monotonic()
         if log:
             self.node.get_logger().error(text)
+
+    @contextlib.contextmanager
+    def guard(self, what: str = "input"):
+        """Keep a callback alive through bad input: log it, report it, drop the input.
+
+        An :class:`~weak_template_ros.errors.InputError` (wrong encoding, size mismatch, ...)
+        becomes the status message and a ``bad_<what>`` drop; any other exception too, logged
+        with its traceback (a bug, but the node keeps serving the next message). Nothing is
+        re-raised: an exception escaping a callback would stop the executor.
+        """
+        try:
+            yield
+        except InputError as e:
+            self.drop(f"bad_{what}")
+            self.error(e)
+        except Exception as e:
+            self.drop(f"bad_{what}")
+            self.error(f"{what}: {type(e).__name__}: {e}", log=False)
+            self.node.get_logger().error(f"{what}: unexpected {type(e).__name__}\n{traceback.format_exc()}")
 
     def set_value(self, key: str, value) -> None:
         """An extra key/value shown in every status (e.g. the source or backend in use)."""

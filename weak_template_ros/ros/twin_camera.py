@@ -55,7 +55,6 @@ from typing import ClassVar
 import numpy as np
 from geometry_msgs.msg import PoseArray
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from visualization_msgs.msg import Marker, MarkerArray
 
@@ -74,6 +73,7 @@ from weak_template_ros.ros.conversions import (
 from weak_template_ros.ros.diagnostics import NodeDiagnostics
 from weak_template_ros.ros.node_main import node_main
 from weak_template_ros.ros.params import ConfigParameters
+from weak_template_ros.ros.qos import image_qos, latched_qos, result_qos
 from weak_template_ros.twin.scenes import SceneSpec
 
 COLOR_TOPIC = "camera/color/image_raw"
@@ -498,13 +498,6 @@ class FramePump:
 # Node
 
 
-def _qos(depth: int, reliable: bool, transient_local: bool = False) -> QoSProfile:
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
-                      reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
-                      durability=DurabilityPolicy.TRANSIENT_LOCAL if transient_local
-                      else DurabilityPolicy.VOLATILE)
-
-
 class TwinCameraNode(Node):
     """The twin_camera node (see the module docstring for topics, sources and parameters)."""
 
@@ -518,15 +511,14 @@ class TwinCameraNode(Node):
                                          read_only=("image_reliability", "image_queue_depth"),
                                          check=self._check, on_change=self._on_change)
         cfg = self.config
-        image_qos = _qos(cfg.image_queue_depth, cfg.image_reliability == "reliable")
-        info_qos = _qos(1, True, transient_local=True)
+        images = image_qos(cfg.image_queue_depth, cfg.image_reliability)
         self.publishers_ = {
-            "color": self.create_publisher(Image, COLOR_TOPIC, image_qos),
-            "depth": self.create_publisher(Image, DEPTH_TOPIC, image_qos),
-            "info": self.create_publisher(CameraInfo, COLOR_INFO_TOPIC, info_qos),
-            "depth_info": self.create_publisher(CameraInfo, DEPTH_INFO_TOPIC, info_qos),
-            "gt": self.create_publisher(PoseArray, GT_POSES_TOPIC, _qos(10, True)),
-            "markers": self.create_publisher(MarkerArray, GT_MARKERS_TOPIC, _qos(10, True)),
+            "color": self.create_publisher(Image, COLOR_TOPIC, images),
+            "depth": self.create_publisher(Image, DEPTH_TOPIC, images),
+            "info": self.create_publisher(CameraInfo, COLOR_INFO_TOPIC, latched_qos()),
+            "depth_info": self.create_publisher(CameraInfo, DEPTH_INFO_TOPIC, latched_qos()),
+            "gt": self.create_publisher(PoseArray, GT_POSES_TOPIC, result_qos()),
+            "markers": self.create_publisher(MarkerArray, GT_MARKERS_TOPIC, result_qos()),
         }
         self.diagnostics = NodeDiagnostics(self, hardware_id="weak_template_ros digital twin")
         self.published = 0
