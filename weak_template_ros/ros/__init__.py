@@ -7,6 +7,7 @@ rclpy):
 * ``conversions``: Image (rgb8, bgr8, mono8, mono16, 16UC1 mm, 32FC1 m, padded rows, either byte
   order) <-> NumPy, CameraInfo <-> CameraIntrinsics, poses <-> Pose/PoseStamped/PoseArray/
   TransformStamped, stamps.
+* ``qos``: the QoS profiles of images, results and static information.
 * ``sync``: approximate-time synchroniser (message_filters when importable, ours otherwise).
 * ``params``: ROS parameters declared from the core's config dataclasses, validated on change.
 * ``diagnostics``: rate, stage latency, drops and errors on ``/diagnostics``.

@@ -3,28 +3,28 @@
 Publishes, at ``rate_hz``, on the topics common camera drivers use (relative names, so a
 namespace or remapping moves them):
 
-==========================================  ==================================  =================
-topic                                       type                                QoS
-==========================================  ==================================  =================
-``camera/color/image_raw``                  sensor_msgs/Image rgb8 (mono8)      ``image_*`` params
-``camera/aligned_depth_to_color/image_raw`` sensor_msgs/Image 32FC1 m or 16UC1  ``image_*`` params
-``camera/color/camera_info``                sensor_msgs/CameraInfo              reliable, transient local, 1
-``camera/aligned_depth_to_color/camera_info`` sensor_msgs/CameraInfo            reliable, transient local, 1
-``camera/ground_truth/poses``               geometry_msgs/PoseArray (T_cam_obj)  reliable, 10
-``camera/ground_truth/markers``             visualization_msgs/MarkerArray      reliable, 10
-``/diagnostics``                            diagnostic_msgs/DiagnosticArray     reliable, 10
-==========================================  ==================================  =================
+* ``camera/color/image_raw``: sensor_msgs/Image rgb8 (mono8 for gray BOP data); QoS from
+  ``image_reliability`` / ``image_queue_depth`` (default best effort, keep last 2).
+* ``camera/aligned_depth_to_color/image_raw``: sensor_msgs/Image, 32FC1 metres or 16UC1
+  millimetres (``depth_encoding``); same QoS.
+* ``camera/color/camera_info``, ``camera/aligned_depth_to_color/camera_info``:
+  sensor_msgs/CameraInfo, reliable, transient local, keep last 1.
+* ``camera/ground_truth/poses``: geometry_msgs/PoseArray of ``T_cam_obj``, reliable, keep last 10.
+* ``camera/ground_truth/markers``: visualization_msgs/MarkerArray, reliable, keep last 10.
+* ``/diagnostics``: diagnostic_msgs/DiagnosticArray, about 1 Hz.
 
 All messages of one frame carry the same stamp (the publish time, or the recorded stamp of a bag
-with ``bag_restamp`` false) and ``frame_id``. Ground truth: the PoseArray lists the annotated
+with ``bag_restamp`` false) and the ``frame_id`` parameter (a bag keeps its recorded frame ids).
+Ground truth: the PoseArray lists the annotated
 parts in the camera frame; the MarkerArray gives the same poses with their object ids
 (namespace ``obj_000001``, ...) and box extents, for evaluation and RViz.
 
 Sources (``source`` parameter):
 
 * ``scene``: a live twin scene (:mod:`weak_template_ros.twin.scenes`). Without motion the frames
-  are those of ``iter_scene_frames`` (one per camera view, ``scene.frames_per_scene`` of them),
-  identical to what ``weak-template generate`` writes for the same seed. With
+  are exactly those ``iter_scene_frames`` yields for the same seed and scene (one per camera
+  view, ``scene.frames_per_scene`` of them, cycled; the generator behind
+  ``weak-template generate``). With
   ``motion_yaw_deg_s`` or ``motion_shift_m`` set, the camera stays at view ``view_id`` and every
   part turns about the vertical through its centre and slides sideways, advancing 1 / rate_hz of
   simulated time per frame (frame k is the same whatever the wall clock did).
