@@ -51,11 +51,7 @@ def run_node(make_node: Callable[..., object], args: Sequence[str] | None = None
             executor.shutdown(timeout_sec=1.0)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except InputError as e:
-        import logging
-
-        name = getattr(make_node, "__name__", "node")
-        logging.getLogger(name).error("%s", e)
+    except InputError as e:  # a bad parameter or source given at start: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         status = 2
     finally:
