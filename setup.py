@@ -27,11 +27,11 @@ setup(
     maintainer_email="maintainers@weak-template-ros.invalid",
     description="Weak-template vision for ROS 2: LINEMOD, ICP pose, sub-pixel alignment, twin.",
     license="Apache-2.0",
-    tests_require=["pytest"],
     python_requires=">=3.10",
     entry_points={
         "console_scripts": [
             "weak-template = weak_template_ros.cli:main",
+            "twin_camera = weak_template_ros.ros.twin_camera:main",
         ],
     },
 )

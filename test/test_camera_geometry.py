@@ -81,3 +81,13 @@ def test_look_at_optical_frame():
     np.testing.assert_allclose(T_world_cam[:3, 1], [0, -1, 0], atol=1e-12)
     assert np.linalg.det(T_world_cam[:3, :3]) == pytest.approx(1.0)
     assert rotation_angle(T_world_cam[:3, :3], T_world_cam[:3, :3]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_nested_config_errors_name_the_dotted_path():
+    from weak_template_ros.config import from_mapping
+    from weak_template_ros.twin.scenes import SceneSpec
+
+    with pytest.raises(InputError, match=r"^sensor\.read_noise: expected a value in \[0\.0, 1\.0\]"):
+        from_mapping(SceneSpec, {"sensor": {"read_noise": 5.0}})
+    with pytest.raises(InputError, match="unknown key"):
+        from_mapping(SceneSpec, {"sensor": {"colour": 1}})

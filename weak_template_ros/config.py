@@ -65,9 +65,15 @@ def validate(cfg: Any, prefix: str = "") -> Any:
 def from_mapping(cls: type[T], values: Mapping[str, Any] | None, source: str = "config") -> T:
     """Build and validate a config dataclass from a mapping; unknown keys are an error.
 
-    Nested dataclass fields take nested mappings. Numbers given as int for a float field are
-    converted; lists for tuple fields are converted to tuples.
+    Nested dataclass fields take nested mappings; a bad nested value is named with its dotted
+    path ("sensor.read_noise"). Numbers given as int for a float field are converted; lists for
+    tuple fields become tuples.
     """
+    return validate(_build(cls, values, source))
+
+
+def _build(cls: type[T], values: Mapping[str, Any] | None, source: str) -> T:
+    """Construct (without range validation, done once at the top with full names)."""
     values = dict(values or {})
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
@@ -81,13 +87,13 @@ def from_mapping(cls: type[T], values: Mapping[str, Any] | None, source: str = "
         v = values[f.name]
         typ = hints.get(f.name)
         if dataclasses.is_dataclass(typ):
-            v = from_mapping(typ, v, source=f"{source}.{f.name}")
+            v = v if dataclasses.is_dataclass(v) else _build(typ, v, source=f"{source}.{f.name}")
         elif typ is float and isinstance(v, int) and not isinstance(v, bool):
             v = float(v)
-        elif isinstance(v, list) and getattr(typ, "__origin__", None) is tuple:
+        elif isinstance(v, list) and (typ is tuple or getattr(typ, "__origin__", None) is tuple):
             v = tuple(v)
         kwargs[f.name] = v
-    return validate(cls(**kwargs))
+    return cls(**kwargs)
 
 
 def load_yaml(cls: type[T], path: str | Path, section: str | None = None) -> T:

@@ -31,7 +31,7 @@ from rcl_interfaces.msg import (
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.parameter import Parameter
 
-from weak_template_ros.config import validate
+from weak_template_ros.config import from_mapping
 from weak_template_ros.errors import InputError
 
 T = typing.TypeVar("T")
@@ -314,8 +314,7 @@ def config_from_parameters(cls: type[T], flat: Mapping[str, Any], source: str = 
     """Config dataclass from dotted parameter names and values, validated.
 
     Values are converted as the node reads them (lists to tuples, integers for doubles to
-    floats). Built here rather than with :func:`weak_template_ros.config.from_mapping`, whose
-    nested validation names a field without its parent ("mode" for "inner.mode").
+    floats), then built and validated by :func:`weak_template_ros.config.from_mapping`.
 
     Raises
     ------
@@ -328,18 +327,7 @@ def config_from_parameters(cls: type[T], flat: Mapping[str, Any], source: str = 
         raise InputError(source, f"only the parameters {sorted(specs)}", f"unknown name(s) {unknown}")
     typed = {k: specs[k].to_python(_coerce(specs[k], v)) if isinstance(v, (list, tuple, int, float))
              else v for k, v in flat.items()}
-    return validate(_construct(cls, nest(typed)))
-
-
-def _construct(cls: type, values: Mapping[str, Any]):
-    hints = get_type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in values:
-            v = values[f.name]
-            nested = dataclasses.is_dataclass(hints.get(f.name))
-            kwargs[f.name] = _construct(hints[f.name], v) if nested else v
-    return cls(**kwargs)
+    return from_mapping(cls, nest(typed), source=source)
 
 
 def _ros_value(value: Any) -> Any:
