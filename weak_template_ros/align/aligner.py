@@ -51,8 +51,12 @@ class AlignerConfig:
     min_coarse_size: int = param(24, "coarsest pyramid level keeps the template at least this big",
                                  lo=8, hi=4096, unit="px")
     max_levels: int = param(4, "pyramid levels at most (1: full resolution only)", lo=1, hi=8)
-    gain_order: int = param(1, "illumination gain polynomial order on the mark", lo=0, hi=1)
-    offset_order: int = param(2, "illumination offset polynomial order", lo=0, hi=2)
+    illumination: str = param("multiplicative", "illumination model: one light-field polynomial "
+                              "for mark and background, or independent gain and offset polynomials",
+                              choices=("multiplicative", "gain_offset"))
+    light_order: int = param(3, "polynomial order of the light field (offset for gain_offset)",
+                             lo=0, hi=3)
+    gain_order: int = param(1, "gain polynomial order on the mark (gain_offset model)", lo=0, hi=2)
     robust: str = param("tukey", "robust loss of the final level", choices=("none", "huber", "tukey"))
     robust_c: float = param(5.0, "robust threshold in robust sigmas", lo=1.0, hi=100.0)
     intermediate_levels: bool = param(False, "also refine on the pyramid levels between the "
@@ -299,13 +303,13 @@ def align(image: np.ndarray, template: np.ndarray | PreparedTemplate, config: Al
             continue
         res = fine_mod.refine(
             pyr[li], prep.levels[li], state, cfg.motion, expected,
-            gain_order=cfg.gain_order, offset_order=cfg.offset_order,
+            illumination=cfg.illumination, gain_order=cfg.gain_order, offset_order=cfg.light_order,
             robust=cfg.robust if final else "huber", robust_c=cfg.robust_c if final else 2.0,
             max_iterations=iters, tolerance=cfg.tolerance if final else 0.05 * prep.levels[li].factor,
             flat_stride=cfg.flat_stride if final else 1)
         if not np.all(np.isfinite(res.q)):
             return AlignmentResult(False, coarse_score=hit.score, reason="refinement diverged")
-        state = fine_mod.FineState(res.q, res.gain if not final else None, res.offset if not final else None)
+        state = fine_mod.FineState(res.q, res.photo)
     q = res.q
     theta, scale, cov = _full_covariance(q, res.cov, cfg.motion)
     A = fine_mod.linear_part(q, cfg.motion)
@@ -314,7 +318,7 @@ def align(image: np.ndarray, template: np.ndarray | PreparedTemplate, config: Al
     out = AlignmentResult(True, float(q[0]), float(q[1]), float(theta), float(scale), res.score, cov,
                           np.hstack([A, t_abs[:, None]]), res.sigma, res.n_pixels, res.iterations,
                           res.converged, hit.score)
-    gain0 = float(res.gain[0]) if len(res.gain) else 0.0
+    gain0 = res.mark_gain
     reasons = []
     if res.score < cfg.min_score:
         reasons.append(f"score {res.score:.3f} < min_score {cfg.min_score}")

@@ -2,12 +2,13 @@
 
 Model of the image at pixel ``x`` (forward-additive Lucas–Kanade on a pyramid level)::
 
-    I(x) ≈ gain(x) * D(W⁻¹(x; q)) + offset(x),     W(u; q) = e + t + A(q) (u - c)
+    I(x) ≈ L(x) (1 + k D(W⁻¹(x; q))),     W(u; q) = e + t + A(q) (u - c)
 
-``D`` is the background-subtracted template, interpolated by the exact-gradient cubic of
-:mod:`.interp`; ``gain`` and ``offset`` are low-order polynomials in x, y (linear gain, up to
-quadratic offset) that absorb illumination gradients, vignetting and contrast changes; ``q`` is
-translation (+ rotation, + scale, or a full affine matrix). Warping the noise-free template rather
+``D`` is the background-subtracted template, interpolated by the exact-gradient cubic spline of
+:mod:`.interp`; ``L`` is a low-order polynomial light field in x, y (gradients, vignetting) that
+lights mark and background alike and ``k`` is the mark's contrast (or, as an option,
+independent gain and offset polynomials); ``q`` is translation (+ rotation, + scale,
+or a full affine matrix). Warping the noise-free template rather
 than the noisy image keeps the image noise white and un-resampled, so at convergence the fit is
 the maximum-likelihood estimate under Gaussian noise and its Hessian gives the Cramér–Rao
 covariance. Robust (Tukey or Huber) weights are re-computed from a MAD scale every iteration.
@@ -36,14 +37,20 @@ class TemplateLevel:
     origin: tuple[float, float]  # reference point (x, y)
     factor: float  # 2**level: level coordinates = level-0 coordinates / factor
 
+    def flat_mask(self, stride: int) -> np.ndarray:
+        """One template pixel in stride² (all when stride is 1, none when 0)."""
+        m = np.zeros(self.D.shape, bool)
+        if stride > 0:
+            m[::stride, ::stride] = True
+        return m
+
 
 @dataclass
 class FineState:
     """Current estimate at level 0 units: q = (tx, ty, theta, scale) or (tx, ty, a11, a12, a21, a22)."""
 
     q: np.ndarray
-    gain: np.ndarray | None = None
-    offset: np.ndarray | None = None
+    photo: np.ndarray | None = None  # photometric parameters (re-estimated when None)
 
 
 @dataclass
@@ -52,13 +59,13 @@ class FineResult:
 
     q: np.ndarray  # level-0 units
     cov: np.ndarray  # (k, k) covariance of q, level-0 units
-    gain: np.ndarray
-    offset: np.ndarray
+    photo: np.ndarray  # photometric parameters
     sigma: float  # robust residual sigma (image units)
     score: float  # partial correlation of the image with the template, in [0, 1]
     n_pixels: int
     iterations: int
     converged: bool
+    mark_gain: float  # gain of the template's mark (negative: polarity reversed)
 
 
 def n_params(motion: str) -> int:
@@ -105,39 +112,32 @@ def select_pixels(level: TemplateLevel, shape: tuple[int, int], q_level: np.ndar
                   expected: tuple[float, float], flat_stride: int) -> tuple[np.ndarray, np.ndarray]:
     """Image pixels (x, y int arrays) the fit uses at this level for the current pose.
 
-    Every pixel whose template point has gradient, plus one in ``flat_stride²`` of the flat ones
-    (they carry the illumination model). The choice depends on the template only, never on the
-    noisy image, so it cannot bias the estimate.
+    Every template pixel with gradient, plus one in ``flat_stride²`` of the flat ones (they carry
+    the illumination model), mapped into the image and rounded to the nearest pixel. The choice
+    depends on the template and the current pose only, never on the noisy pixel values, so it
+    cannot bias the estimate.
     """
     h, w = level.D.shape
-    A = linear_part(q_level, motion)
-    c = np.asarray(level.origin)
-    e = np.asarray(expected) + q_level[:2]
-    corners = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1]], float)
-    xy = (corners - c) @ A.T + e
     H, W = shape
-    x0 = max(int(math.floor(xy[:, 0].min())), 0)
-    x1 = min(int(math.ceil(xy[:, 0].max())), W - 1)
-    y0 = max(int(math.floor(xy[:, 1].min())), 0)
-    y1 = min(int(math.ceil(xy[:, 1].max())), H - 1)
-    if x1 < x0 or y1 < y0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    ys, xs = np.mgrid[y0:y1 + 1, x0:x1 + 1]
-    xs, ys = xs.ravel(), ys.ravel()
-    u = (np.stack([xs, ys], 1) - e) @ np.linalg.inv(A).T + c
-    ui, vi = np.rint(u[:, 0]).astype(np.int64), np.rint(u[:, 1]).astype(np.int64)
-    # Keep the cubic stencil inside the template (2 px margin).
+    vs, us = np.nonzero(level.grad_mask | level.flat_mask(flat_stride))
+    A = linear_part(q_level, motion)
+    e = np.asarray(expected) + q_level[:2]
+    xy = np.rint((np.stack([us, vs], 1) - np.asarray(level.origin)) @ A.T + e).astype(np.int64)
+    ok = (xy[:, 0] >= 0) & (xy[:, 0] < W) & (xy[:, 1] >= 0) & (xy[:, 1] < H)
+    # Deduplicate (a rotated or scaled grid maps some template pixels onto the same image pixel).
+    seen = np.zeros(H * W, bool)
+    seen[xy[ok, 1] * W + xy[ok, 0]] = True
+    idx = np.flatnonzero(seen)
+    xs, ys = idx % W, idx // W
+    # Keep the spline stencil inside the template.
+    u = (np.stack([xs, ys], 1) - e) @ np.linalg.inv(A).T + np.asarray(level.origin)
     inside = (u[:, 0] >= 1) & (u[:, 0] <= w - 2) & (u[:, 1] >= 1) & (u[:, 1] <= h - 2)
-    keep = np.zeros_like(inside)
-    keep[inside] = level.grad_mask[vi[inside], ui[inside]]
-    if flat_stride > 0:
-        keep |= inside & (xs % flat_stride == 0) & (ys % flat_stride == 0)
-    return xs[keep], ys[keep]
+    return xs[inside], ys[inside]
 
 
 def photometric_basis(xs: np.ndarray, ys: np.ndarray, centre: tuple[float, float], radius: float,
                       order: int) -> np.ndarray:
-    """(N, m) polynomial basis in normalised coordinates: order 0: 1; 1: +x, y; 2: +x², xy, y²."""
+    """(N, m) polynomial basis in normalised coordinates: 1; + x, y; + x², xy, y²; + cubics."""
     xn = (xs - centre[0]) / radius
     yn = (ys - centre[1]) / radius
     cols = [np.ones_like(xn)]
@@ -145,6 +145,8 @@ def photometric_basis(xs: np.ndarray, ys: np.ndarray, centre: tuple[float, float
         cols += [xn, yn]
     if order >= 2:
         cols += [xn * xn, xn * yn, yn * yn]
+    if order >= 3:
+        cols += [xn * xn * xn, xn * xn * yn, xn * yn * yn, yn * yn * yn]
     return np.stack(cols, axis=1)
 
 
@@ -161,11 +163,56 @@ def _robust_weights(r: np.ndarray, kind: str, c: float, floor: float) -> tuple[n
     return np.where(z < 1, (1 - z * z) ** 2, 0.0), sigma  # Tukey biweight
 
 
+class _Photometric:
+    """Illumination / contrast model of the fit, linearised for Gauss–Newton.
+
+    ``gain_offset``: ``I = g(x) D + o(x)`` (g, o polynomials), linear in its parameters.
+    ``multiplicative``: ``I = L(x) (1 + k D)`` -- one illumination polynomial L lights the mark
+    and its background alike (what a lamp does) and k is the mark's contrast. Fewer parameters
+    for the same light field, and exact for any light field L can follow. (An extra additive
+    offset would be degenerate with L's constant term: only their sum and L k are seen; images
+    are expected dark-level corrected, as usual.)
+    """
+
+    def __init__(self, kind: str, Pg: np.ndarray, Pb: np.ndarray):
+        self.kind, self.Pg, self.Pb = kind, Pg, Pb
+        self.ng, self.nb = Pg.shape[1], Pb.shape[1]
+        self.n = self.ng + self.nb if kind == "gain_offset" else self.nb + 1
+
+    def init(self, D: np.ndarray, I: np.ndarray, ok: np.ndarray) -> np.ndarray:
+        """Parameters from a linear least-squares fit at the current geometry."""
+        J0 = np.hstack([self.Pg * D[:, None], self.Pb])[ok]
+        sol = np.linalg.solve(J0.T @ J0 + 1e-12 * np.eye(J0.shape[1]), J0.T @ I[ok])
+        g, o = sol[: self.ng], sol[self.ng:]
+        if self.kind == "gain_offset":
+            return sol
+        # L = o (the background's light), k = mark gain / background level.
+        k = g[0] / o[0] if abs(o[0]) > 1e-12 else 0.0
+        return np.concatenate([o, [k]])
+
+    def evaluate(self, p: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(model, per-pixel gain on D, Jacobian columns of the photometric parameters)."""
+        if self.kind == "gain_offset":
+            g = self.Pg @ p[: self.ng]
+            return g * D + self.Pb @ p[self.ng:], g, np.hstack([self.Pg * D[:, None], self.Pb])
+        L = self.Pb @ p[: self.nb]
+        k = p[self.nb]
+        one_kd = 1.0 + k * D
+        cols = np.hstack([self.Pb * one_kd[:, None], (L * D)[:, None]])
+        return L * one_kd, L * k, cols
+
+    def mark_gain(self, p: np.ndarray) -> float:
+        """Gain of the template's mark at the centre (sign = polarity)."""
+        if self.kind == "gain_offset":
+            return float(p[0])
+        return float(p[0] * p[self.nb])
+
+
 def refine(image: np.ndarray, level: TemplateLevel, state: FineState, motion: str,
-           expected0: tuple[float, float], *, gain_order: int = 1, offset_order: int = 2,
-           robust: str = "tukey", robust_c: float = 5.0, max_iterations: int = 10,
+           expected0: tuple[float, float], *, illumination: str = "multiplicative", gain_order: int = 1,
+           offset_order: int = 2, robust: str = "tukey", robust_c: float = 5.0, max_iterations: int = 10,
            tolerance: float = 1e-4, flat_stride: int = 2, robust_after: int = 1,
-           damping: float = 1e-9) -> FineResult:
+           damping: float = 1e-9, relative_tolerance: float = 0.2) -> FineResult:
     """Robust Gauss–Newton refinement at one pyramid level.
 
     Parameters
@@ -176,10 +223,12 @@ def refine(image: np.ndarray, level: TemplateLevel, state: FineState, motion: st
         Start point (level-0 units); photometric parameters are re-estimated if None.
     motion : one of MOTIONS
     expected0 : nominal image position of the template's reference point, level-0 px
-    gain_order, offset_order : polynomial orders of the illumination model (0-1, 0-2)
+    illumination : "multiplicative" | "gain_offset" (see :class:`_Photometric`)
+    gain_order, offset_order : polynomial orders of gain (0-2) and offset / light field (0-3)
     robust, robust_c : "none" | "huber" | "tukey" and its threshold in robust sigmas
     max_iterations : Gauss–Newton iterations at most
     tolerance : stop when the largest pixel displacement of the update is below this (level-0 px)
+    relative_tolerance : ... or below this fraction of the displacement's standard deviation
     flat_stride : keep one flat pixel in flat_stride² (0: gradient pixels only)
     robust_after : iterations without robust weights first (the start may be far)
     damping : Levenberg–Marquardt factor on the Hessian diagonal (keeps unobservable directions,
@@ -200,15 +249,13 @@ def refine(image: np.ndarray, level: TemplateLevel, state: FineState, motion: st
     radius = 0.5 * math.hypot(h, w)
     contrast = float(np.abs(level.D).max())
     xs, ys = select_pixels(level, image.shape, q, motion, e, flat_stride)
-    if len(xs) < 4 * (k + 9):
-        return FineResult(state.q, np.full((k, k), np.inf), np.zeros(1), np.zeros(1), float("inf"), 0.0,
-                          len(xs), 0, False)
+    photo = _Photometric(illumination, photometric_basis(xs, ys, e, radius, gain_order),
+                         photometric_basis(xs, ys, e, radius, offset_order))
+    if len(xs) < 4 * (k + photo.n):
+        return FineResult(state.q, np.full((k, k), np.inf), np.zeros(photo.n), float("inf"), 0.0,
+                          len(xs), 0, False, 0.0)
     I = image[ys, xs].astype(np.float64)
-    Pg = photometric_basis(xs, ys, e, radius, gain_order)
-    Pb = photometric_basis(xs, ys, e, radius, offset_order)
-    ng, nb = Pg.shape[1], Pb.shape[1]
-    gain = state.gain if state.gain is not None and len(state.gain) == ng else None
-    offset = state.offset if state.offset is not None and len(state.offset) == nb else None
+    p = state.photo if state.photo is not None and len(state.photo) == photo.n else None
     X = np.stack([xs, ys], 1).astype(np.float64)
     converged = False
     it = 0
@@ -220,19 +267,16 @@ def refine(image: np.ndarray, level: TemplateLevel, state: FineState, motion: st
         u = v + c
         ok = (u[:, 0] >= 0) & (u[:, 0] <= w - 1) & (u[:, 1] >= 0) & (u[:, 1] <= h - 1)
         D, gx, gy = cubic_sample(level.padded, u[:, 0], u[:, 1])
-        if gain is None or offset is None:
-            # Linear illumination fit with the geometry fixed (exact in one step).
-            J0 = np.hstack([Pg * D[:, None], Pb])[ok]
-            sol = np.linalg.solve(J0.T @ J0 + 1e-12 * np.eye(J0.shape[1]), J0.T @ I[ok])
-            gain, offset = sol[:ng], sol[ng:]
-        g = Pg @ gain
-        r = I - (g * D + Pb @ offset)
+        if p is None:
+            p = photo.init(D, I, ok)
+        model, g, Jp = photo.evaluate(p, D)
+        r = I - model
         wts = ok.astype(np.float64)
         if robust != "none" and (it > robust_after or it == max_iterations):
-            floor = 0.01 * abs(float(gain[0])) * contrast
+            floor = 0.01 * abs(photo.mark_gain(p)) * contrast
             wts[ok], sigma = _robust_weights(r[ok], robust, robust_c, floor)
         Jg = _geometric_columns(np.stack([gx, gy], 1), v, Ainv, q, motion) * g[:, None]
-        J = np.hstack([Jg, Pg * D[:, None], Pb])
+        J = np.hstack([Jg, Jp])
         Jw = J * wts[:, None]
         H = J.T @ Jw
         rhs = Jw.T @ r
@@ -245,18 +289,25 @@ def refine(image: np.ndarray, level: TemplateLevel, state: FineState, motion: st
         if not np.all(np.isfinite(delta)):
             break
         q = q + delta[:k]
-        gain = gain + delta[k:k + ng]
-        offset = offset + delta[k + ng:]
-        # Largest displacement of a template point caused by the update, in level-0 px.
+        p = p + delta[k:]
+        # Largest displacement of a template point caused by the update, in level px.
         move = math.hypot(delta[0], delta[1]) + (float(np.abs(delta[2:k]).sum()) * radius if k > 2 else 0.0)
-        if move * f < tolerance:
+        # Converged when the step is below the tolerance or a small fraction of the estimate's
+        # own standard deviation (further steps cannot change the answer statistically).
+        s2 = float((wts * r * r).sum()) / max(float(wts.sum()) - J.shape[1], 1.0)
+        try:
+            var = s2 * np.diag(np.linalg.inv(Hd))[:k].clip(0.0)
+            sd = math.sqrt(var[0] + var[1]) + float(np.sqrt(var[2:]).sum()) * radius
+        except np.linalg.LinAlgError:
+            sd = 0.0
+        if move < max(tolerance / f, relative_tolerance * sd):
             converged = True
             break
     # Covariance and score from the last iteration (its update was below the tolerance, so the
     # Hessian and residuals there are those of the solution to first order).
-    if it == 0 or not np.all(np.isfinite(q)):
-        return FineResult(q / to_level, np.full((k, k), np.inf), np.zeros(ng), np.zeros(nb), float("inf"),
-                          0.0, len(xs), it, False)
+    if it == 0 or p is None or not np.all(np.isfinite(q)):
+        return FineResult(q / to_level, np.full((k, k), np.inf), np.zeros(photo.n), float("inf"), 0.0,
+                          len(xs), it, False, 0.0)
     dof = max(float(wts.sum()) - J.shape[1], 1.0)
     s2 = float((wts * r * r).sum()) / dof
     try:
@@ -267,9 +318,10 @@ def refine(image: np.ndarray, level: TemplateLevel, state: FineState, motion: st
     cov = cov_all[:k, :k] * np.outer(back, back)
     # Score: how much of the image variance left by the illumination polynomial alone the warped
     # template explains (a partial correlation; ~0 on mark-free images, 1 without noise).
-    Pm, Im = Pb[ok], I[ok]
-    rb = Im - Pm @ np.linalg.solve(Pm.T @ Pm + 1e-12 * np.eye(nb), Pm.T @ Im)
+    Pm, Im = photo.Pb[ok], I[ok]
+    rb = Im - Pm @ np.linalg.solve(Pm.T @ Pm + 1e-12 * np.eye(photo.nb), Pm.T @ Im)
     ss0 = float(rb @ rb)
     ss1 = float(r[ok] @ r[ok])
     score = math.sqrt(max(0.0, 1.0 - ss1 / ss0)) if ss0 > 0 else 0.0
-    return FineResult(q * back, cov, gain, offset, math.sqrt(s2), score, int(ok.sum()), it, converged)
+    return FineResult(q * back, cov, p, math.sqrt(s2), score, int(ok.sum()), it, converged,
+                      photo.mark_gain(p))
