@@ -116,14 +116,18 @@ def check_frame(rgb: np.ndarray | None, depth: np.ndarray, camera: CameraIntrins
     """Validate a frame; return the depth as float32 metres with NaN replaced by 0.
 
     Raises InputError naming ``camera``, ``rgb`` or ``depth`` when: the principal point lies
-    outside the image (intrinsics of another resolution), an image does not have the camera's
-    size, the depth is not a float image, holds no valid pixel, or is not in metres.
+    outside the central 80 % of the image (real lenses are centred to a few percent: K of
+    another resolution, e.g. 640x480 intrinsics with 320x240 images, puts it at the border), an
+    image does not have the camera's size, the depth is not a float image, holds no valid
+    pixel, or is not in metres (median valid depth above 100).
     """
     if not isinstance(camera, CameraIntrinsics):
         raise InputError("camera", "a CameraIntrinsics", type(camera).__name__)
-    if not (0 <= camera.cx <= camera.width and 0 <= camera.cy <= camera.height):
-        raise InputError("camera", f"intrinsics of a {camera.width}x{camera.height} image (principal "
-                         "point inside the image)", f"cx={camera.cx:g}, cy={camera.cy:g}")
+    W, H = camera.width, camera.height
+    if not (0.1 * W <= camera.cx <= 0.9 * W and 0.1 * H <= camera.cy <= 0.9 * H):
+        raise InputError("camera", f"intrinsics of a {W}x{H} image (principal point in the central "
+                         f"80 %: cx in [{0.1 * W:g}, {0.9 * W:g}], cy in [{0.1 * H:g}, {0.9 * H:g}])",
+                         f"cx={camera.cx:g}, cy={camera.cy:g} (K of another resolution?)")
     depth = np.asarray(depth)
     if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.floating):
         raise InputError("depth", "an (H, W) float image in metres (0 or NaN = invalid)",

@@ -159,15 +159,16 @@ def observe_surface(depth: np.ndarray, camera: CameraIntrinsics, roi: Roi,
     roi_camera = roi.camera(camera)
     rays = roi_camera.ray_directions().astype(np.float64)  # (h, w, 3), z = 1
 
-    # Normals: box-filtered depth over valid pixels only (normalised convolution), then
-    # central differences with a baseline of 2 * step pixels.
+    # Normals: box-filtered depth where the whole window is valid, then central differences with
+    # a baseline of 2 * step pixels.
     s = cfg.normal_smoothing_px
     if s > 0:
         k = (2 * s + 1, 2 * s + 1)
         num = cv2.boxFilter(d * valid, cv2.CV_32F, k, normalize=False, borderType=cv2.BORDER_CONSTANT)
         den = cv2.boxFilter(valid.astype(np.float32), cv2.CV_32F, k, normalize=False,
                             borderType=cv2.BORDER_CONSTANT)
-        smooth_ok = valid & (den >= 0.5 * k[0] * k[1])
+        # Full windows only: a partial window averages around another point than its centre.
+        smooth_ok = valid & (den >= k[0] * k[1] - 0.5)
         ds = np.where(smooth_ok, num / np.maximum(den, 1.0), 0.0).astype(np.float64)
     else:
         smooth_ok, ds = valid, d.astype(np.float64)
