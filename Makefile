@@ -17,7 +17,14 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export ROS_DOMAIN_ID ?= 77
 export RMW_IMPLEMENTATION := rmw_fastrtps_cpp
 
-.PHONY: all venv test demo bench lint constraints clean system-deps
+# BlenderProc backend: its own environment (bpy 4.2 + BlenderProc 2.8, pinned in sim/constraints.txt),
+# laid out as a Blender install; rebuilt only when its inputs change (stamp.json is written last).
+SIM_ENV   := sim/blenderproc_env
+SIM_STAMP := $(SIM_ENV)/stamp.json
+SIM_INPUTS := sim/build_env.py sim/blender_shim.py sim/requirements-blender.in \
+              sim/requirements-blenderproc.in sim/constraints.txt
+
+.PHONY: all venv sim-setup test demo bench lint constraints clean system-deps
 
 all: test
 
@@ -40,7 +47,12 @@ $(STAMP): requirements.in constraints.txt setup.py
 
 venv: $(STAMP)
 
-test: venv
+$(SIM_STAMP): $(SIM_INPUTS)
+	$(PYTHON) sim/build_env.py --out $(SIM_ENV)
+
+sim-setup: $(SIM_STAMP)
+
+test: venv sim-setup
 	$(BIN)/python -m pytest -n $(JOBS) test
 
 demo: venv
@@ -59,4 +71,4 @@ constraints: venv
 	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e' | sort -f; } > constraints.txt
 
 clean:
-	rm -rf $(VENV) out build *.egg-info
+	rm -rf $(VENV) $(SIM_ENV) out build *.egg-info
