@@ -1,0 +1,480 @@
+"""BlenderProc backend of the digital twin: photoreal Cycles renders of the same scenes.
+
+The scene of a :class:`~weak_template_ros.twin.scenes.SceneSpec` (the same seeded arrangement,
+cameras, lights and occluders as the embedded renderer) is written as a job JSON plus mesh files,
+rendered by ``sim/twin_scene.py`` under ``blenderproc run --custom-blender-path`` in a separate
+environment (``make sim-setup`` builds it into ``sim/blenderproc_env``), and the outputs are
+turned into :class:`~weak_template_ros.twin.bop.BopFrame` s with the embedded backend's ground
+truth conventions:
+
+* poses, ``T_cam_world`` and the full silhouettes (``mask``, ``px_count_all``, ``bbox_obj``) are
+  the embedded renderer's (exact geometry, no render involved);
+* colour is Cycles' linear radiance through the project's :class:`SensorModel` (or rounded to
+  8 bits with ``noise=False``), exactly as the embedded backend treats its own radiance;
+* depth and the visible masks come from Cycles (one pixel-centred sample, so they agree with the
+  ray caster: :func:`compare_backends` measures how well).
+
+BlenderProc never downloads anything here: the environment is pre-built, ``PIP_NO_INDEX=1`` is
+set, and ``--custom-blender-path`` is always given.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from weak_template_ros.config import param, validate
+from weak_template_ros.errors import InputError
+from weak_template_ros.geometry import invert_pose
+from weak_template_ros.models import PartModel
+from weak_template_ros.twin.bop import BopFrame, BopWriter, ObjectAnnotation
+from weak_template_ros.twin.renderer import Lighting, Renderer, SceneObject, TablePlane
+from weak_template_ros.twin.scenes import (
+    SceneSpec,
+    _add_occluder,
+    arrange_scene,
+    iter_scene_frames,
+    sample_camera,
+    sample_lighting,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+#: Where `make sim-setup` builds the environment; WEAK_TEMPLATE_BLENDERPROC_ENV overrides it.
+DEFAULT_ENV_DIR = REPO_ROOT / "sim" / "blenderproc_env"
+ENV_VAR = "WEAK_TEMPLATE_BLENDERPROC_ENV"
+SIM_DIR = REPO_ROOT / "sim"
+JOB_FORMAT = "weak_template_ros.blenderproc_job/1"
+RESULT_FORMAT = "weak_template_ros.blenderproc_result/1"
+SETUP_HINT = "run `make sim-setup` in the project folder to build it"
+
+#: Principled-BSDF presets of the "pbr" material mode: name -> (metallic, roughness range,
+#: anisotropic, coat, base colour range (linear RGB)).
+PBR_PRESETS = {
+    "brushed_metal": (1.0, (0.25, 0.4), 0.7, 0.0, ((0.55, 0.55, 0.56), (0.75, 0.75, 0.77))),
+    "anodised_metal": (1.0, (0.3, 0.5), 0.0, 0.0, ((0.1, 0.1, 0.2), (0.6, 0.4, 0.7))),
+    "matte_plastic": (0.0, (0.6, 0.9), 0.0, 0.0, ((0.05, 0.05, 0.05), (0.8, 0.8, 0.8))),
+    "glossy_plastic": (0.0, (0.08, 0.25), 0.0, 0.6, ((0.05, 0.05, 0.05), (0.8, 0.8, 0.8))),
+}
+
+
+class BlenderProcError(RuntimeError):
+    """BlenderProc ran but failed; the message holds the end of its log and the log's path."""
+
+
+@dataclass
+class BlenderProcConfig:
+    """How the BlenderProc backend renders (Cycles on the CPU)."""
+
+    samples: int = param(16, "Cycles samples per pixel (always set: BlenderProc's default is 1024)",
+                         lo=1, hi=4096)
+    denoiser: str = param("none", "denoiser after sampling (always set: BlenderProc's default is "
+                          "Intel's, +3-12 s per VGA frame here)", choices=("none", "intel"))
+    filter_width_px: float = param(1.5, "pixel filter width of the colour image (anti-aliasing); "
+                                   "depth and masks always use one pixel-centred sample",
+                                   lo=0.01, hi=10.0, unit="px")
+    max_bounces: int = param(3, "light bounces (diffuse and glossy)", lo=0, hi=32)
+    threads: int = param(0, "Cycles CPU threads (0: one per core)", lo=0, hi=1024)
+    materials: str = param("twin", "twin: grey dielectric materials from the SceneSpec (as the "
+                           "embedded renderer); pbr: seeded metal/plastic presets per part",
+                           choices=("twin", "pbr"))
+    smooth_angle_deg: float = param(30.0, "edges sharper than this stay sharp, the rest is shaded "
+                                    "smooth (0: flat faces, as the embedded renderer)", lo=0.0,
+                                    hi=180.0, unit="deg")
+    table_half_size: float = param(5.0, "half size of the table plane (the embedded table is "
+                                   "infinite)", lo=0.1, hi=1000.0, unit="m")
+    timeout_s: float = param(3600.0, "time limit of one BlenderProc run (one scene)", lo=1.0,
+                             hi=1e6, unit="s")
+
+
+# ----------------------------------------------------------------------------------------------
+# The environment
+
+
+@dataclass(frozen=True)
+class BlenderProcEnv:
+    """The pre-built BlenderProc environment (see ``sim/build_env.py``)."""
+
+    root: Path
+
+    @property
+    def blender_dir(self) -> Path:
+        """The ``--custom-blender-path`` folder."""
+        return self.root / "blender"
+
+    @property
+    def python(self) -> Path:
+        return self.blender_dir / "4.2" / "python" / "bin" / "python3.11"
+
+    @property
+    def cli(self) -> Path:
+        """BlenderProc's command-line entry (run with :attr:`python`)."""
+        return self.root / "blenderproc" / "blenderproc" / "command_line.py"
+
+    @property
+    def stamp(self) -> dict:
+        return json.loads((self.root / "stamp.json").read_text())
+
+    @classmethod
+    def locate(cls, root: str | Path | None = None) -> BlenderProcEnv:
+        """The environment at ``root`` (default: ``$WEAK_TEMPLATE_BLENDERPROC_ENV`` or
+        ``sim/blenderproc_env``), checked.
+
+        Raises
+        ------
+        InputError
+            When it is missing or incomplete; the message names ``make sim-setup``.
+        """
+        root = Path(root or os.environ.get(ENV_VAR) or DEFAULT_ENV_DIR)
+        env = cls(root)
+        what = f"BlenderProc environment {root}"
+        if not root.is_dir():
+            raise InputError(what, f"a built environment ({SETUP_HINT})", "no such folder")
+        needed = [root / "stamp.json", env.blender_dir / "blender", env.python, env.cli,
+                  env.blender_dir / "custom-python-packages" / "installed_packages_cache_v2.json"]
+        missing = [str(p.relative_to(root)) for p in needed if not p.exists()]
+        if missing:
+            raise InputError(what, f"a complete environment ({SETUP_HINT})",
+                             f"missing {', '.join(missing)} (an interrupted or broken build)")
+        if not os.access(env.blender_dir / "blender", os.X_OK) or not os.access(env.python, os.X_OK):
+            raise InputError(what, f"executable blender and python files ({SETUP_HINT})",
+                             "files that cannot be executed")
+        try:
+            env.stamp  # noqa: B018 (a readable stamp is part of a complete build)
+        except (OSError, ValueError) as e:
+            raise InputError(what, f"a readable stamp.json ({SETUP_HINT})", f"{type(e).__name__}: {e}") from e
+        return env
+
+    def run(self, script: Path, args: list[str], log_path: Path, timeout_s: float = 3600.0) -> float:
+        """``blenderproc run --custom-blender-path ... script args``; returns the wall time (s).
+
+        Raises
+        ------
+        BlenderProcError
+            On a non-zero exit or a timeout, with the end of the log.
+        """
+        tmp = Path(tempfile.mkdtemp(prefix="bproc_tmp_", dir=log_path.parent))
+        cmd = [str(self.python), str(self.cli), "run", "--custom-blender-path", str(self.blender_dir),
+               "--temp-dir", str(tmp), str(script), *map(str, args)]
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("PYTHON", "INSIDE_OF_THE_INTERNAL", "OUTSIDE_OF_THE_INTERNAL"))}
+        # Nothing may be installed at run time: a stale package cache fails instead of downloading.
+        env.update(PIP_NO_INDEX="1", PYTHONNOUSERSITE="1", PYTHONUNBUFFERED="1")
+        t0 = time.perf_counter()
+        try:
+            with open(log_path, "w") as log:
+                res = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                     timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired as e:
+            raise BlenderProcError(f"BlenderProc ran past {timeout_s} s: {script.name}\n"
+                                   f"{_tail(log_path)}\n(log: {log_path})") from e
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if res.returncode != 0:
+            raise BlenderProcError(f"BlenderProc failed (exit {res.returncode}) on {script.name}:\n"
+                                   f"{_tail(log_path)}\n(log: {log_path})")
+        return time.perf_counter() - t0
+
+
+def _tail(path: Path, n: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return ""
+
+
+# ----------------------------------------------------------------------------------------------
+# Scene -> job
+
+
+@dataclass
+class _FrameLayout:
+    T_world_cam: np.ndarray
+    lighting: Lighting
+    occluder: object | None  # scenes._Placed of this frame's occluder
+    rng: np.random.Generator
+
+
+def _frame_layouts(models, spec: SceneSpec, seed: int, scene_id: int, renderer: Renderer):
+    """What iter_scene_frames draws, in its order: arrangement, then per frame camera, light,
+    occluder. The rest of each frame's generator is left for the sensor model."""
+    camera = spec.camera
+    lowres = Renderer(camera.scaled(0.25))
+    placed = arrange_scene(models, spec, seed, scene_id, renderer)
+    for p in placed:
+        if not lowres.has_mesh(p.key):
+            lowres.add_mesh(p.key, renderer.mesh(p.key))
+    layouts = []
+    for im_id in range(spec.frames_per_scene):
+        rng = np.random.default_rng([seed, scene_id, 1, im_id])
+        T_world_cam = sample_camera(spec, rng)
+        lighting = sample_lighting(spec, rng)
+        occ = None
+        if spec.occlusion_max > 0:
+            level = rng.uniform(spec.occlusion_min, spec.occlusion_max)
+            occ = _add_occluder(renderer, lowres, placed, placed[0], T_world_cam, level,
+                                ("occluder", scene_id, im_id))
+        layouts.append(_FrameLayout(T_world_cam, lighting, occ, rng))
+    return placed, layouts
+
+
+def _pbr_material(rng: np.random.Generator) -> dict:
+    name = list(PBR_PRESETS)[rng.integers(len(PBR_PRESETS))]
+    metallic, (r0, r1), aniso, coat, (c0, c1) = PBR_PRESETS[name]
+    return {"preset": name, "metallic": metallic, "roughness": float(rng.uniform(r0, r1)),
+            "anisotropic": aniso, "coat": coat,
+            "base_color": [float(v) for v in rng.uniform(c0, c1)], "specular": 0.5}
+
+
+def _twin_material(albedo: float, specular: float) -> dict:
+    # Blinn-Phong strength -> a dielectric whose lobe is about as strong (F0 0.04 at level 0.5).
+    return {"base_color": [albedo] * 3, "metallic": 0.0, "roughness": 0.35,
+            "specular": float(np.clip(0.5 + 2.0 * specular, 0.0, 1.0))}
+
+
+@dataclass
+class SceneLayout:
+    """One scene as both backends see it: placed objects (scenes._Placed, parts first), the
+    frames' cameras/lights/occluders, and an embedded renderer holding every mesh."""
+
+    placed: list
+    frames: list[_FrameLayout]
+    renderer: Renderer
+
+
+def build_job(models: dict[int, PartModel], spec: SceneSpec, seed: int, scene_id: int,
+              cfg: BlenderProcConfig, work_dir: Path) -> tuple[dict, SceneLayout]:
+    """The job JSON (and mesh files in ``work_dir/meshes``) of one scene, and its layout."""
+    validate(spec)
+    validate(cfg)
+    renderer = Renderer(spec.camera)
+    placed, layouts = _frame_layouts(models, spec, seed, scene_id, renderer)
+    mesh_dir = work_dir / "meshes"
+    mesh_dir.mkdir(parents=True, exist_ok=True)
+    meshes, materials, objects = {}, {}, []
+    mat_rng = np.random.default_rng([seed, scene_id, 2])
+
+    def add(p, frames=None):
+        key = "_".join(str(k) for k in (p.key if isinstance(p.key, tuple) else (p.key,)))
+        if key not in meshes:
+            mesh = renderer.mesh(p.key)
+            path = mesh_dir / f"{key}.npz"
+            np.savez(path, vertices=np.asarray(mesh.vertices, np.float64),
+                     faces=np.asarray(mesh.faces, np.int64))
+            meshes[key] = str(path)
+        name = f"{key}_f{frames[0]}" if frames else key
+        if cfg.materials == "pbr" and p.obj_id is not None:
+            materials[name] = _pbr_material(mat_rng)
+        else:
+            materials[name] = _twin_material(p.albedo, p.specular)
+        objects.append({"name": name, "mesh": key, "material": name,
+                        "T_world_obj": np.asarray(p.T_world_obj).tolist(), "frames": frames,
+                        "annotated": p.obj_id is not None,
+                        "smooth_angle_deg": cfg.smooth_angle_deg})
+
+    for p in placed:
+        add(p)
+    for im_id, lay in enumerate(layouts):
+        if lay.occluder is not None:
+            add(lay.occluder, [im_id])
+    materials["table"] = {"base_color": [spec.table_albedo] * 3, "metallic": 0.0, "roughness": 0.8,
+                          "specular": 0.3}
+    lights = []
+    for im_id, lay in enumerate(layouts):
+        lights.append(_sun(lay.T_world_cam, lay.lighting, im_id))
+    # Uniform environment = the embedded ambient term; one environment serves every frame.
+    ambient = float(np.mean([lay.lighting.ambient for lay in layouts]))
+    cam = spec.camera
+    job = {
+        "format": JOB_FORMAT,
+        "camera": {"K": cam.K.reshape(-1).tolist(), "width": cam.width, "height": cam.height,
+                   "clip_start": 0.01, "clip_end": 100.0},
+        "render": {"samples": cfg.samples, "denoiser": None if cfg.denoiser == "none" else "INTEL",
+                   "noise_threshold": 0.0, "filter_width_px": cfg.filter_width_px,
+                   "threads": cfg.threads, "max_bounces": cfg.max_bounces,
+                   "seed": int(np.random.default_rng([seed, scene_id, 3]).integers(2**31 - 1))},
+        "meshes": meshes, "materials": materials, "objects": objects,
+        "table": {"half_size": cfg.table_half_size, "material": "table"},
+        "world": {"color": [ambient] * 3, "strength": 1.0},
+        "lights": lights,
+        "frames": [{"T_world_cam": lay.T_world_cam.tolist()} for lay in layouts],
+    }
+    return job, SceneLayout(placed, layouts, renderer)
+
+
+def _sun(T_world_cam: np.ndarray, lighting: Lighting, im_id: int) -> dict:
+    """The embedded directional light as a Blender sun (shines along its -z axis)."""
+    to_light = T_world_cam[:3, :3] @ np.asarray(lighting.direction, float)
+    z = to_light / np.linalg.norm(to_light)
+    x = np.cross([0.0, 0.0, 1.0] if abs(z[2]) < 0.9 else [1.0, 0.0, 0.0], z)
+    x /= np.linalg.norm(x)
+    T = np.eye(4)
+    T[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1)
+    T[:3, 3] = 2.0 * z
+    # Sun strength is irradiance: Lambert radiance = albedo * strength / pi * cos.
+    return {"name": f"sun_f{im_id}", "type": "SUN", "T_world_light": T.tolist(),
+            "energy": float(lighting.intensity * math.pi), "angle_deg": 0.5, "frames": [im_id]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Rendering and BOP frames
+
+
+@dataclass
+class BlenderProcFrames:
+    """Raw outputs of one BlenderProc run: per frame radiance (H, W, 3) float32, depth (H, W)
+    float32 metres (0: none) and instance (H, W) int16 (annotated-object index, -1: none)."""
+
+    radiance: list[np.ndarray]
+    depth: list[np.ndarray]
+    instance: list[np.ndarray]
+    result: dict
+    wall_s: float
+
+
+def run_job(job: dict, work_dir: Path, env: BlenderProcEnv | None = None,
+            script: str | Path = "twin_scene.py", timeout_s: float = 3600.0) -> BlenderProcFrames:
+    """Render a job with BlenderProc (``sim/<script>``) and load its outputs."""
+    env = env or BlenderProcEnv.locate()
+    work_dir = Path(work_dir)
+    out_dir = work_dir / "out"
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    job_path = work_dir / "job.json"
+    job_path.write_text(json.dumps(job))
+    script = Path(script) if Path(script).is_absolute() else SIM_DIR / script
+    wall = env.run(script, [job_path.resolve(), out_dir.resolve()], work_dir / "blenderproc.log",
+                   timeout_s)
+    result_path = out_dir / "result.json"
+    if not result_path.is_file():
+        raise BlenderProcError(f"{script.name} ended without writing {result_path}:\n"
+                               f"{_tail(work_dir / 'blenderproc.log')}")
+    result = json.loads(result_path.read_text())
+    if result.get("format") != RESULT_FORMAT or result.get("frames") != len(job["frames"]):
+        raise BlenderProcError(f"{result_path}: expected {len(job['frames'])} frames of format "
+                               f"{RESULT_FORMAT}, got {result.get('frames')} of {result.get('format')}")
+    radiance, depth, instance = [], [], []
+    for k in range(result["frames"]):
+        with np.load(out_dir / f"frame_{k:06d}.npz") as z:
+            radiance.append(z["radiance"])
+            depth.append(z["depth"])
+            instance.append(z["instance"])
+    return BlenderProcFrames(radiance, depth, instance, result, wall)
+
+
+def iter_blenderproc_frames(models: dict[int, PartModel], spec: SceneSpec, seed: int, scene_id: int,
+                            cfg: BlenderProcConfig | None = None, env: BlenderProcEnv | None = None,
+                            work_dir: str | Path | None = None) -> Iterator[BopFrame]:
+    """Frames of one scene rendered by BlenderProc, annotated like
+    :func:`~weak_template_ros.twin.scenes.iter_scene_frames` (same values, same scene).
+
+    Parameters
+    ----------
+    models, spec, seed, scene_id :
+        As for the embedded backend.
+    cfg : BlenderProcConfig, optional
+    env : BlenderProcEnv, optional
+        Default: :meth:`BlenderProcEnv.locate`.
+    work_dir : path, optional
+        Where the job, meshes, log and raw outputs go (default: a temporary folder, removed).
+
+    Raises
+    ------
+    InputError
+        Missing environment (names ``make sim-setup``) or bad spec/config.
+    BlenderProcError
+        BlenderProc failed (the message holds the end of its log).
+    """
+    for frame, _gt, _raw in _iter_frame_triples(models, spec, seed, scene_id, cfg, env, work_dir):
+        yield frame
+
+
+def _iter_frame_triples(models, spec, seed, scene_id, cfg, env, work_dir):
+    """(BlenderProc BopFrame, exact embedded BopFrame, raw outputs of the frame) per frame."""
+    cfg = cfg or BlenderProcConfig()
+    env = env or BlenderProcEnv.locate()
+    tmp = None
+    if work_dir is None:
+        tmp = tempfile.mkdtemp(prefix="wt_blenderproc_")
+        work_dir = tmp
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        job, layout = build_job(models, spec, seed, scene_id, cfg, work_dir)
+        raw = run_job(job, work_dir, env, timeout_s=cfg.timeout_s)
+        gt_frames = iter_scene_frames(models, replace(spec, noise=False), seed, scene_id)
+        for im_id, (gt, lay) in enumerate(zip(gt_frames, layout.frames, strict=True)):
+            if not np.allclose(gt.T_cam_world, invert_pose(lay.T_world_cam), atol=1e-12):
+                raise RuntimeError("scenes.iter_scene_frames and the BlenderProc layout drew different "
+                                   "cameras: the draw order of twin/scenes.py changed")
+            frame = _bop_frame(gt, lay, raw, im_id, spec, layout)
+            yield frame, gt, {"radiance": raw.radiance[im_id], "depth": raw.depth[im_id],
+                              "instance": raw.instance[im_id], "result": raw.result,
+                              "wall_s": raw.wall_s}
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _bop_frame(gt: BopFrame, lay: _FrameLayout, raw: BlenderProcFrames, im_id: int, spec: SceneSpec,
+               layout: SceneLayout) -> BopFrame:
+    """BlenderProc images + the embedded ground truth, through the same sensor model."""
+    radiance, depth, instance = raw.radiance[im_id], raw.depth[im_id], raw.instance[im_id]
+    rng = lay.rng  # continues where the layout draws stopped, as the embedded sensor's does
+    if spec.noise:
+        rgb = spec.sensor.apply_rgb(radiance, rng)
+        T_cam_world = invert_pose(lay.T_world_cam)
+        objs = [SceneObject(p.key, T_cam_world @ p.T_world_obj)
+                for p in [*layout.placed, *([lay.occluder] if lay.occluder is not None else [])]]
+        # Incidence angles for the depth model from the exact geometry (same scene, same pixels).
+        normals = layout.renderer.render(objs, table=TablePlane(T_cam_world)).normals
+        rays = spec.camera.ray_directions()
+        cos_inc = np.abs(np.einsum("hwc,hwc->hw", normals, rays)) / np.linalg.norm(rays, axis=-1)
+        depth = spec.sensor.apply_depth(depth, cos_inc, rng)
+    else:
+        rgb = np.clip(radiance * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    objects = []
+    for i, o in enumerate(gt.objects):
+        # A pixel-centre sample 0.005 px off the centre can see an edge the ray caster missed.
+        visib = (instance == i) & o.mask
+        objects.append(ObjectAnnotation(obj_id=o.obj_id, T_cam_obj=o.T_cam_obj, mask=o.mask,
+                                        mask_visib=visib, px_count_all=o.px_count_all,
+                                        bbox_obj=o.bbox_obj))
+    return BopFrame(rgb=rgb, depth=depth.astype(np.float32), camera=gt.camera, objects=objects,
+                    T_cam_world=gt.T_cam_world, scene_id=gt.scene_id, im_id=gt.im_id)
+
+
+def generate_dataset_blenderproc(out_dir: str | Path, models: dict[int, PartModel], spec: SceneSpec,
+                                 n_scenes: int, seed: int = 0, split: str = "test",
+                                 first_scene: int = 0, cfg: BlenderProcConfig | None = None,
+                                 env: BlenderProcEnv | None = None,
+                                 on_frame: Callable[[BopFrame], None] | None = None,
+                                 keep_work: bool = False) -> Path:
+    """Render ``n_scenes`` scenes with BlenderProc into a BOP dataset, laid out as
+    :func:`~weak_template_ros.twin.scenes.generate_dataset` lays out the embedded ones.
+
+    One BlenderProc run per scene (all its frames); with ``keep_work`` each run's job, meshes and
+    log stay in ``OUT/blenderproc_work/<scene_id>``.
+    """
+    out_dir = Path(out_dir)
+    env = env or BlenderProcEnv.locate()  # fail before writing anything
+    with BopWriter(out_dir, split=split) as writer:
+        writer.write_camera(spec.camera, depth_scale=0.1)
+        writer.write_models(models)
+        for scene_id in range(first_scene, first_scene + n_scenes):
+            work = out_dir / "blenderproc_work" / f"{scene_id:06d}" if keep_work else None
+            for frame in iter_blenderproc_frames(models, spec, seed, scene_id, cfg, env, work):
+                writer.write_frame(scene_id, frame.im_id, frame)
+                if on_frame is not None:
+                    on_frame(frame)
+            writer.flush()
+    return out_dir
