@@ -105,7 +105,8 @@ def refine_icp(source_points: np.ndarray, source_normals: np.ndarray, target_poi
         Observed points, camera frame, metres.
     target_normals : (M, 3) array or None
         Their unit normals (rows of zeros: unknown, the point is dropped). None: estimated by
-        Open3D at every level (slower).
+        Open3D at every level (slower). Each level uses only the target points that can have a
+        source point within its correspondence distance (bounding-sphere test).
     T_init : (4, 4) array
         Starting ``T_cam_obj``.
     cfg : IcpConfig, optional
@@ -119,13 +120,20 @@ def refine_icp(source_points: np.ndarray, source_normals: np.ndarray, target_poi
     src = _cloud(source_points, source_normals)
     if target_normals is not None:
         has_normal = np.any(target_normals != 0, axis=1)
-        tgt = _cloud(target_points[has_normal], target_normals[has_normal])
-    else:
-        tgt = _cloud(target_points)
+        target_points, target_normals = target_points[has_normal], target_normals[has_normal]
+    target_points = np.asarray(target_points, dtype=np.float64)
+    # Bounding sphere of the source: a target point farther than radius + d from its centre has
+    # no source point within d, so each level only needs the target inside that sphere.
+    lo, hi = source_points.min(axis=0), source_points.max(axis=0)
+    s_center = 0.5 * (lo + hi)
+    s_radius = float(np.linalg.norm(source_points - s_center, axis=1).max())
     fitness, rmse, n_corr, kept = 0.0, float("inf"), 0, 0
     for voxel, dist, iters in zip(cfg.voxel_sizes, cfg.max_distances, cfg.iterations, strict=True):
+        near = (np.linalg.norm(target_points - (T[:3, :3] @ s_center + T[:3, 3]), axis=1)
+                <= s_radius + dist)
         s = src.voxel_down_sample(voxel)
-        t = tgt.voxel_down_sample(voxel)
+        t = _cloud(target_points[near], None if target_normals is None else target_normals[near])
+        t = t.voxel_down_sample(voxel)
         if len(s.points) < 3 or len(t.points) < 3:
             continue
         if s.has_normals():
