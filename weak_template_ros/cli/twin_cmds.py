@@ -60,27 +60,47 @@ def generate_scenes(
     noise: bool = typer.Option(True, help="apply the sensor model (--no-noise: exact images)"),
     config: Path | None = typer.Option(None, help="SceneSpec YAML; command-line options override it"),
     split: str = typer.Option("test", help="BOP split folder"),
-    backend: str = typer.Option("embedded", help="renderer: embedded (Open3D ray casting)"),
+    backend: str = typer.Option("embedded", help="renderer: embedded (Open3D ray casting) or "
+                                "blenderproc (Cycles, photoreal; needs `make sim-setup`)"),
+    samples: int = typer.Option(16, min=1, help="blenderproc: Cycles samples per pixel"),
+    materials: str = typer.Option("twin", help="blenderproc: twin (grey, as embedded) or pbr "
+                                  "(seeded metal/plastic presets)"),
     seed: int = typer.Option(0, help="random seed: same seed, same bytes"),
 ):
     """Render digital-twin scenes (parts on a table, distractors, occlusion) as a BOP dataset."""
     from weak_template_ros.twin.scenes import SceneSpec, generate_dataset
 
     with user_errors():
-        if backend != "embedded":
+        if backend not in ("embedded", "blenderproc"):
             from weak_template_ros.errors import InputError
 
-            raise InputError("--backend", "'embedded' (the BlenderProc backend is not built yet)", backend)
+            raise InputError("--backend", "'embedded' or 'blenderproc'", backend)
         base = to_dict(load_yaml(SceneSpec, config)) if config else {}
         base.update(frames_per_scene=frames, parts_per_scene=parts, distractors=distractors,
                     occlusion_min=occlusion_min, occlusion_max=occlusion_max, contrast=contrast,
                     noise=noise)
         spec = from_mapping(SceneSpec, base, source="scene options")
         models = _models(family, seed, 1, model, units)
-        with progress() as bar:
-            task = bar.add_task("rendering scenes", total=scenes * frames)
-            generate_dataset(out, models, spec, n_scenes=scenes, seed=seed, split=split,
-                             on_frame=lambda f: bar.advance(task))
+        if backend == "blenderproc":
+            from weak_template_ros.twin import blenderproc as bp
+
+            cfg = from_mapping(bp.BlenderProcConfig, {"samples": samples, "materials": materials},
+                               source="blenderproc options")
+            env = bp.BlenderProcEnv.locate()
+            with progress() as bar:
+                task = bar.add_task("rendering scenes (BlenderProc)", total=scenes * frames)
+                try:
+                    bp.generate_dataset_blenderproc(out, models, spec, n_scenes=scenes, seed=seed,
+                                                    split=split, cfg=cfg, env=env,
+                                                    on_frame=lambda f: bar.advance(task))
+                except bp.BlenderProcError as e:
+                    console.print(f"[red]error:[/red] {e}")
+                    raise SystemExit(1) from None
+        else:
+            with progress() as bar:
+                task = bar.add_task("rendering scenes", total=scenes * frames)
+                generate_dataset(out, models, spec, n_scenes=scenes, seed=seed, split=split,
+                                 on_frame=lambda f: bar.advance(task))
     console.print(f"wrote {scenes * frames} frames to [bold]{out}[/bold] ({split})")
 
 
