@@ -463,7 +463,7 @@ def generate_dataset_blenderproc(out_dir: str | Path, models: dict[int, PartMode
     :func:`~weak_template_ros.twin.scenes.generate_dataset` lays out the embedded ones.
 
     One BlenderProc run per scene (all its frames); with ``keep_work`` each run's job, meshes and
-    log stay in ``OUT/blenderproc_work/<scene_id>``.
+    log stay in ``OUT/.blenderproc_work/<scene_id>`` (hidden: not a split).
     """
     out_dir = Path(out_dir)
     env = env or BlenderProcEnv.locate()  # fail before writing anything
@@ -471,7 +471,7 @@ def generate_dataset_blenderproc(out_dir: str | Path, models: dict[int, PartMode
         writer.write_camera(spec.camera, depth_scale=0.1)
         writer.write_models(models)
         for scene_id in range(first_scene, first_scene + n_scenes):
-            work = out_dir / "blenderproc_work" / f"{scene_id:06d}" if keep_work else None
+            work = out_dir / ".blenderproc_work" / f"{scene_id:06d}" if keep_work else None
             for frame in iter_blenderproc_frames(models, spec, seed, scene_id, cfg, env, work):
                 writer.write_frame(scene_id, frame.im_id, frame)
                 if on_frame is not None:
