@@ -546,20 +546,21 @@ def compare_backends(models: dict[int, PartModel], spec: SceneSpec, seed: int = 
     -------
     dict
         ``frames`` (per-frame :func:`compare_frame` records), ``pose_max_abs``,
-        ``depth_max_abs_m``, ``min_mask_iou``, ``passed``, ``blenderproc_wall_s``.
+        ``depth_max_abs_m``, ``min_mask_iou``, ``passed``, ``blenderproc_wall_s`` (the whole
+        BlenderProc run) and ``timing`` (its colour and ground-truth renders, seconds).
     """
-    frames, pose_dev, wall = [], 0.0, 0.0
+    frames, pose_dev, wall, timing = [], 0.0, 0.0, {}
     for frame, gt, raw in _iter_frame_triples(models, spec, seed, scene_id, cfg, env, work_dir):
         # Blender's object matrices, in job order: the annotated parts of scenes.arrange_scene.
         for o, g in zip(raw["result"]["objects"], gt.objects, strict=True):
             T_bp = gt.T_cam_world @ np.asarray(o["T_world_obj"], float)
             pose_dev = max(pose_dev, float(np.abs(T_bp - g.T_cam_obj).max()))
-        wall = raw["wall_s"]
+        wall, timing = raw["wall_s"], raw["result"]["timing"]
         rec = compare_frame(gt, raw["depth"], raw["instance"])
         rec["im_id"] = frame.im_id
         frames.append(rec)
     depth_max = max(f["depth_max_abs_m"] for f in frames)
     min_iou = min(min(f["mask_iou"], default=1.0) for f in frames)
     return {"frames": frames, "pose_max_abs": pose_dev, "depth_max_abs_m": depth_max,
-            "min_mask_iou": min_iou, "blenderproc_wall_s": wall,
+            "min_mask_iou": min_iou, "blenderproc_wall_s": wall, "timing": timing,
             "passed": bool(pose_dev < 1e-5 and depth_max <= DEPTH_TOLERANCE_M and min_iou >= MASK_IOU_MIN)}
