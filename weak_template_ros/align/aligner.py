@@ -7,8 +7,8 @@ Three lines from Python::
     print(result.dx, result.dy, result.dtheta, result.found)
 
 Pipeline: input checks → template preparation (crop to the mark, background removal, pyramid,
-rotated/scaled coarse bank; cached in a :class:`PreparedTemplate`) → coarse search (ZNCC of the
-bank on a high-passed coarse level, quadratic peak) → coarse-to-fine robust Gauss–Newton with
+rotated/scaled coarse bank; cached in a :class:`PreparedTemplate`) → coarse search (gradient-field
+correlation of the bank on a coarse level, quadratic peak) → coarse-to-fine robust Gauss–Newton with
 an illumination model (:mod:`.fine`) → offset, covariance, score, found.
 
 Conventions (see :mod:`.similarity`): offsets are where the mark IS minus where the template
@@ -30,7 +30,7 @@ from weak_template_ros.align import coarse as coarse_mod
 from weak_template_ros.align import fine as fine_mod
 from weak_template_ros.align.calibration import Calibration
 from weak_template_ros.align.interp import prepare_spline
-from weak_template_ros.align.preprocess import as_gray_float, highpass
+from weak_template_ros.align.preprocess import as_gray_float
 from weak_template_ros.align.similarity import similarity_from_linear
 from weak_template_ros.config import param, validate
 from weak_template_ros.errors import InputError, describe_array
@@ -48,6 +48,9 @@ class AlignerConfig:
                               unit="rad")
     max_scale_error: float = param(0.0, "coarse scale search range (+-, relative)", lo=0.0, hi=0.5)
     scale_step: float = param(0.03, "coarse scale step (relative)", lo=0.001, hi=0.5)
+    coarse_method: str = param("gradient", "coarse correlation: normalised gradient field (robust to "
+                               "light, glare, particles) or zero-mean NCC of high-passed intensity",
+                               choices=("gradient", "ncc"))
     min_coarse_size: int = param(24, "coarsest pyramid level keeps the template at least this big",
                                  lo=8, hi=4096, unit="px")
     max_levels: int = param(4, "pyramid levels at most (1: full resolution only)", lo=1, hi=8)
@@ -65,6 +68,8 @@ class AlignerConfig:
     coarse_iterations: int = param(6, "Gauss-Newton iterations per coarse level at most", lo=0, hi=200)
     tolerance: float = param(2e-4, "stop when an update moves the template by less than this",
                              lo=1e-8, hi=1.0, unit="px")
+    relative_tolerance: float = param(1.0, "... or by less than this fraction of its own standard "
+                                      "deviation (Gauss-Newton contracts ~5x per step here)", lo=0.0, hi=10.0)
     gradient_threshold: float = param(0.05, "template pixels with gradient above this fraction of "
                                       "the maximum are fitted", lo=0.0, hi=1.0)
     flat_stride: int = param(3, "also fit one flat pixel in flat_stride² (illumination)", lo=0, hi=64)
@@ -88,7 +93,7 @@ class PreparedTemplate:
     shape: tuple[int, int]  # original template (h, w)
     origin: tuple[float, float]  # reference point in the original template (x, y)
     levels: list[fine_mod.TemplateLevel]
-    bank: list[tuple[float, float, np.ndarray]]  # (theta, scale, high-passed template) at the top level
+    bank: list[tuple[float, float, list[np.ndarray]]]  # (theta, scale, coarse channels), top level
     highpass_sigma: float  # at the top level
     config: AlignerConfig
     background: float  # template background level
@@ -203,7 +208,7 @@ def prepare_template(template: np.ndarray, config: AlignerConfig | None = None,
     for s in scales:
         for a in angles:
             t = coarse_mod.rotated_template(top.D, top.origin, float(a), float(s))
-            bank.append((float(a), float(s), highpass(t, hp_sigma).astype(np.float32)))
+            bank.append((float(a), float(s), coarse_mod.template_channels(t, cfg.coarse_method, hp_sigma)))
     return PreparedTemplate((h0, w0), (float(origin[0]), float(origin[1])), levels, bank, hp_sigma, cfg,
                             background, contrast)
 
@@ -288,8 +293,9 @@ def align(image: np.ndarray, template: np.ndarray | PreparedTemplate, config: Al
         pyr.append(cv2.pyrDown(pyr[-1]))
     top = prep.levels[-1]
     f = top.factor
-    hit = coarse_mod.ncc_search(highpass(pyr[-1], prep.highpass_sigma), prep.bank, top.origin,
-                                (expected[0] / f, expected[1] / f), cfg.max_shift / f + 1.0)
+    hit = coarse_mod.search(coarse_mod.image_channels(pyr[-1], cfg.coarse_method, prep.highpass_sigma),
+                            prep.bank, cfg.coarse_method, top.origin, (expected[0] / f, expected[1] / f),
+                            cfg.max_shift / f + 1.0, cfg.allow_contrast_reversal)
     if hit is None:
         return AlignmentResult(False, reason="template does not fit in the search window")
     q = fine_mod.initial_q((hit.x - expected[0] / f) * f, (hit.y - expected[1] / f) * f, hit.theta,
@@ -306,7 +312,7 @@ def align(image: np.ndarray, template: np.ndarray | PreparedTemplate, config: Al
             illumination=cfg.illumination, gain_order=cfg.gain_order, offset_order=cfg.light_order,
             robust=cfg.robust if final else "huber", robust_c=cfg.robust_c if final else 2.0,
             max_iterations=iters, tolerance=cfg.tolerance if final else 0.05 * prep.levels[li].factor,
-            flat_stride=cfg.flat_stride if final else 1)
+            flat_stride=cfg.flat_stride if final else 1, relative_tolerance=cfg.relative_tolerance)
         if not np.all(np.isfinite(res.q)):
             return AlignmentResult(False, coarse_score=hit.score, reason="refinement diverged")
         state = fine_mod.FineState(res.q, res.photo)

@@ -32,7 +32,7 @@ class TemplateLevel:
     """One pyramid level of a prepared template (coordinates at that level)."""
 
     D: np.ndarray  # (h, w) float32, template minus its background
-    padded: np.ndarray  # B-spline coefficients (interp.prepare_spline)
+    padded: np.ndarray  # B-spline coefficients of D (interp.prepare_spline)
     grad_mask: np.ndarray  # (h, w) bool: where the template has gradient (dilated)
     origin: tuple[float, float]  # reference point (x, y)
     factor: float  # 2**level: level coordinates = level-0 coordinates / factor
@@ -190,16 +190,19 @@ class _Photometric:
         k = g[0] / o[0] if abs(o[0]) > 1e-12 else 0.0
         return np.concatenate([o, [k]])
 
-    def evaluate(self, p: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(model, per-pixel gain on D, Jacobian columns of the photometric parameters)."""
+    def evaluate(self, p: np.ndarray, D: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(model, per-pixel gain on D); writes the photometric Jacobian columns into ``out``."""
         if self.kind == "gain_offset":
             g = self.Pg @ p[: self.ng]
-            return g * D + self.Pb @ p[self.ng:], g, np.hstack([self.Pg * D[:, None], self.Pb])
+            np.multiply(self.Pg, D[:, None], out=out[:, : self.ng])
+            out[:, self.ng:] = self.Pb
+            return g * D + self.Pb @ p[self.ng:], g
         L = self.Pb @ p[: self.nb]
         k = p[self.nb]
         one_kd = 1.0 + k * D
-        cols = np.hstack([self.Pb * one_kd[:, None], (L * D)[:, None]])
-        return L * one_kd, L * k, cols
+        np.multiply(self.Pb, one_kd[:, None], out=out[:, : self.nb])
+        np.multiply(L, D, out=out[:, self.nb])
+        return L * one_kd, L * k
 
     def mark_gain(self, p: np.ndarray) -> float:
         """Gain of the template's mark at the centre (sign = polarity)."""
@@ -257,6 +260,8 @@ def refine(image: np.ndarray, level: TemplateLevel, state: FineState, motion: st
     I = image[ys, xs].astype(np.float64)
     p = state.photo if state.photo is not None and len(state.photo) == photo.n else None
     X = np.stack([xs, ys], 1).astype(np.float64)
+    J = np.empty((len(xs), k + photo.n))  # Jacobian: geometry, then photometry
+    Jw = np.empty_like(J)
     converged = False
     it = 0
     sigma = float("inf")
@@ -269,15 +274,17 @@ def refine(image: np.ndarray, level: TemplateLevel, state: FineState, motion: st
         D, gx, gy = cubic_sample(level.padded, u[:, 0], u[:, 1])
         if p is None:
             p = photo.init(D, I, ok)
-        model, g, Jp = photo.evaluate(p, D)
+        model, g = photo.evaluate(p, D, J[:, k:])
         r = I - model
-        wts = ok.astype(np.float64)
         if robust != "none" and (it > robust_after or it == max_iterations):
             floor = 0.01 * abs(photo.mark_gain(p)) * contrast
+            wts = np.zeros(len(I))
             wts[ok], sigma = _robust_weights(r[ok], robust, robust_c, floor)
-        Jg = _geometric_columns(np.stack([gx, gy], 1), v, Ainv, q, motion) * g[:, None]
-        J = np.hstack([Jg, Jp])
-        Jw = J * wts[:, None]
+        else:
+            wts = ok.astype(np.float64)
+        J[:, :k] = _geometric_columns(np.stack([gx, gy], 1), v, Ainv, q, motion)
+        J[:, :k] *= g[:, None]
+        np.multiply(J, wts[:, None], out=Jw)
         H = J.T @ Jw
         rhs = Jw.T @ r
         diag = np.diag(H).copy()
@@ -317,11 +324,14 @@ def refine(image: np.ndarray, level: TemplateLevel, state: FineState, motion: st
     back = 1.0 / to_level
     cov = cov_all[:k, :k] * np.outer(back, back)
     # Score: how much of the image variance left by the illumination polynomial alone the warped
-    # template explains (a partial correlation; ~0 on mark-free images, 1 without noise).
+    # template explains (a partial correlation; ~0 on mark-free images, 1 without noise), over
+    # the pixels the robust fit kept (glare or a particle must not hide a good match).
+    wk = wts[ok]
     Pm, Im = photo.Pb[ok], I[ok]
-    rb = Im - Pm @ np.linalg.solve(Pm.T @ Pm + 1e-12 * np.eye(photo.nb), Pm.T @ Im)
-    ss0 = float(rb @ rb)
-    ss1 = float(r[ok] @ r[ok])
+    Pw = Pm * wk[:, None]
+    rb = Im - Pm @ np.linalg.solve(Pw.T @ Pm + 1e-12 * np.eye(photo.nb), Pw.T @ Im)
+    ss0 = float((wk * rb * rb).sum())
+    ss1 = float((wk * r[ok] * r[ok]).sum())
     score = math.sqrt(max(0.0, 1.0 - ss1 / ss0)) if ss0 > 0 else 0.0
     return FineResult(q * back, cov, p, math.sqrt(s2), score, int(ok.sum()), it, converged,
                       photo.mark_gain(p))

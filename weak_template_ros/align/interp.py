@@ -65,3 +65,4 @@ def cubic_sample(coeffs: np.ndarray, x: np.ndarray, y: np.ndarray, gradient: boo
     gy = np.einsum("nj,nj->n", rows, dwy)
     gx = np.einsum("nj,nj->n", np.einsum("nji,ni->nj", patch, dwx), wy)
     return value, gx, gy
+

@@ -163,3 +163,37 @@ def gradient_magnitude(image: np.ndarray) -> np.ndarray:
     gx = cv2.Scharr(img, cv2.CV_32F, 1, 0) / 32.0
     gy = cv2.Scharr(img, cv2.CV_32F, 0, 1) / 32.0
     return np.sqrt(gx * gx + gy * gy)
+
+
+def remove_shading(image: np.ndarray, order: int = 2, iterations: int = 3, clip: float = 2.5) -> np.ndarray:
+    """Flat-field an image from itself: divide by a robustly fitted 2-D polynomial of ``order``.
+
+    The fit ignores pixels more than ``clip`` robust sigmas from it (the mark, glare, dust), so
+    it follows the illumination (gradient, vignetting), not the mark. Returns float32 with the
+    background near 1.
+    """
+    img = as_gray_float(image, "image").astype(np.float64)
+    if order not in (0, 1, 2, 3):
+        raise InputError("order", "0, 1, 2 or 3", order)
+    H, W = img.shape
+    xn = (np.arange(W) - (W - 1) / 2) / W
+    yn = (np.arange(H) - (H - 1) / 2) / H
+    X = np.stack([xn ** a for a in range(order + 1)], 1)  # (W, order+1)
+    Y = np.stack([yn ** b for b in range(order + 1)], 1)  # (H, order+1)
+    terms = [(a, b) for a in range(order + 1) for b in range(order + 1) if a + b <= order]
+    # Fit on a 4x-subsampled grid (plenty for a smooth polynomial).
+    Xs, Ys = X[::4], Y[::4]
+    P = np.stack([np.outer(Ys[:, b], Xs[:, a]).ravel() for a, b in terms], 1)
+    v = img[::4, ::4].ravel()
+    keep = np.ones(len(v), bool)
+    for _ in range(iterations):
+        coef = np.linalg.lstsq(P[keep], v[keep], rcond=None)[0]
+        r = v - P @ coef
+        s = 1.4826 * float(np.median(np.abs(r[keep] - np.median(r[keep])))) + 1e-30
+        keep = np.abs(r) < clip * s
+    C = np.zeros((order + 1, order + 1))
+    for (a, b), cf in zip(terms, coef, strict=True):
+        C[b, a] = cf
+    shade = Y @ C @ X.T
+    scale = max(float(np.abs(shade).mean()), 1e-30)
+    return (img / np.where(np.abs(shade) > 1e-6 * scale, shade, scale)).astype(np.float32)
