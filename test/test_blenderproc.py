@@ -211,3 +211,14 @@ def test_a_failing_script_reports_its_log(tmp_path, models):
     with pytest.raises(bp.BlenderProcError, match="exit 2") as e:
         bp.run_job(job, tmp_path, env, timeout_s=300)
     assert "missing.npz" in str(e.value) and "blenderproc.log" in str(e.value)
+
+
+def test_timeout_ends_blender_as_well(tmp_path, models):
+    psutil = pytest.importorskip("psutil")
+    env = _env_or_skip()
+    job, _ = bp.build_job(models, SceneSpec(**TINY), 0, 0, ONE_SAMPLE, tmp_path)
+    with pytest.raises(bp.BlenderProcError, match="ran past 0.5 s"):
+        bp.run_job(job, tmp_path, env, timeout_s=0.5)
+    job_path = str((tmp_path / "job.json").resolve())
+    left = [p for p in psutil.process_iter(["cmdline"]) if job_path in (p.info["cmdline"] or [])]
+    assert left == []

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -172,15 +173,22 @@ class BlenderProcEnv:
         t0 = time.perf_counter()
         try:
             with open(log_path, "w") as log:
-                res = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                     timeout=timeout_s, check=False)
-        except subprocess.TimeoutExpired as e:
-            raise BlenderProcError(f"BlenderProc ran past {timeout_s} s: {script.name}\n"
-                                   f"{_tail(log_path)}\n(log: {log_path})") from e
+                # Own process group: a timeout or Ctrl-C ends Blender too, not only BlenderProc's CLI.
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True)
+                try:
+                    returncode = proc.wait(timeout=timeout_s)
+                except BaseException as e:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    if isinstance(e, subprocess.TimeoutExpired):
+                        raise BlenderProcError(f"BlenderProc ran past {timeout_s} s: {script.name}\n"
+                                               f"{_tail(log_path)}\n(log: {log_path})") from e
+                    raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        if res.returncode != 0:
-            raise BlenderProcError(f"BlenderProc failed (exit {res.returncode}) on {script.name}:\n"
+        if returncode != 0:
+            raise BlenderProcError(f"BlenderProc failed (exit {returncode}) on {script.name}:\n"
                                    f"{_tail(log_path)}\n(log: {log_path})")
         return time.perf_counter() - t0
 
