@@ -201,6 +201,39 @@ def set_world(color, strength: float = 1.0) -> None:
     bproc.renderer.set_world_background(list(color), strength=float(strength))
 
 
+def build_scene(job: dict) -> tuple[list, list]:
+    """Camera, meshes, materials, table, world and lights of a job; returns the annotated
+    MeshObjects (job order) and all job objects."""
+    n_frames = len(job["frames"])
+    set_camera(job["camera"], [f["T_world_cam"] for f in job["frames"]])
+    materials = {k: principled_material(k, m) for k, m in job.get("materials", {}).items()}
+    meshes = {k: load_mesh_npz(p) for k, p in job["meshes"].items()}
+    annotated, everything = [], []
+    for spec in job["objects"]:
+        v, f = meshes[spec["mesh"]]
+        obj = mesh_object(spec["name"], v, f, spec.get("smooth_angle_deg"))
+        obj.set_local2world_mat(np.asarray(spec["T_world_obj"], float))
+        if spec.get("material") is not None:
+            obj.replace_materials(materials[spec["material"]])
+        keyframe_visibility(obj.blender_obj, spec.get("frames"), n_frames)
+        everything.append(obj)
+        if spec.get("annotated", True):
+            annotated.append(obj)
+    table = job.get("table")
+    if table is not None:
+        h = float(table["half_size"])
+        v = np.array([[-h, -h, 0], [h, -h, 0], [h, h, 0], [-h, h, 0]], float)
+        plane = mesh_object("table", v, np.array([[0, 1, 2], [0, 2, 3]]))
+        if table.get("material") is not None:
+            plane.replace_materials(materials[table["material"]])
+        everything.append(plane)
+    world = job.get("world", {"color": [0.05, 0.05, 0.05], "strength": 1.0})
+    set_world(world["color"], world.get("strength", 1.0))
+    for light in job.get("lights", []):
+        add_light(light, n_frames)
+    return annotated, everything
+
+
 def render_frames(objects: list, n_frames: int, render_cfg: dict) -> dict[str, list[np.ndarray]]:
     """Render every keyframe: linear radiance, and pixel-centred depth and instances.
 

@@ -22,8 +22,6 @@ import blenderproc as bproc  # noqa: F401, I001  (BlenderProc's CLI requires thi
 import os
 import sys
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bproc_common as common
 
@@ -32,36 +30,8 @@ def main() -> None:
     job, out_dir = common.read_job()
     common.init()
     common.configure_render(job["render"])
-    n_frames = len(job["frames"])
-    common.set_camera(job["camera"], [f["T_world_cam"] for f in job["frames"]])
-
-    materials = {k: common.principled_material(k, m) for k, m in job.get("materials", {}).items()}
-    meshes = {k: common.load_mesh_npz(p) for k, p in job["meshes"].items()}
-    annotated = []
-    for spec in job["objects"]:
-        v, f = meshes[spec["mesh"]]
-        obj = common.mesh_object(spec["name"], v, f, spec.get("smooth_angle_deg"))
-        obj.set_local2world_mat(np.asarray(spec["T_world_obj"], float))
-        if spec.get("material") is not None:
-            obj.replace_materials(materials[spec["material"]])
-        common.keyframe_visibility(obj.blender_obj, spec.get("frames"), n_frames)
-        if spec.get("annotated", True):
-            annotated.append(obj)
-
-    table = job.get("table")
-    if table is not None:
-        h = float(table["half_size"])
-        v = np.array([[-h, -h, 0], [h, -h, 0], [h, h, 0], [-h, h, 0]], float)
-        plane = common.mesh_object("table", v, np.array([[0, 1, 2], [0, 2, 3]]))
-        if table.get("material") is not None:
-            plane.replace_materials(materials[table["material"]])
-
-    world = job.get("world", {"color": [0.05, 0.05, 0.05], "strength": 1.0})
-    common.set_world(world["color"], world.get("strength", 1.0))
-    for light in job.get("lights", []):
-        common.add_light(light, n_frames)
-
-    frames = common.render_frames(annotated, n_frames, job["render"])
+    annotated, _ = common.build_scene(job)
+    frames = common.render_frames(annotated, len(job["frames"]), job["render"])
     common.write_outputs(out_dir, frames, annotated)
 
 

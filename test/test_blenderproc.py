@@ -222,3 +222,20 @@ def test_timeout_ends_blender_as_well(tmp_path, models):
     job_path = str((tmp_path / "job.json").resolve())
     left = [p for p in psutil.process_iter(["cmdline"]) if job_path in (p.info["cmdline"] or [])]
     assert left == []
+
+
+def test_parts_dropped_with_physics_rest_on_the_table(tmp_path, models):
+    env = _env_or_skip()
+    job, layout = bp.build_job(models, SceneSpec(**TINY), 0, 0, ONE_SAMPLE, tmp_path)
+    job["physics"] = {"seed": 5, "drop_height_min": 0.05, "drop_height_max": 0.1,
+                      "min_time_s": 1.0, "max_time_s": 4.0}
+    raw = bp.run_job(job, tmp_path, env, script="parts_on_table.py", timeout_s=300)
+    parts = [p for p in layout.placed if p.obj_id is not None]
+    for rec, p in zip(raw.result["objects"], parts, strict=True):
+        T = np.asarray(rec["T_world_obj"])
+        v = layout.renderer.mesh_vertices(p.key) @ T[:3, :3].T + T[:3, 3]
+        # Settled on the table: lowest point at z = 0 within the collision margin and solver slack.
+        assert abs(v[:, 2].min()) < 0.003, rec["name"]
+        assert not np.allclose(T, p.T_world_obj)  # it did move
+    assert raw.result["physics"]["seed"] == 5
+    assert len(raw.depth) == 2 and all((d > 0).mean() > 0.5 for d in raw.depth)
