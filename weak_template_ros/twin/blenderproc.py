@@ -41,12 +41,13 @@ from weak_template_ros.models import PartModel
 from weak_template_ros.twin.bop import BopFrame, BopWriter, ObjectAnnotation
 from weak_template_ros.twin.renderer import Lighting, Renderer, SceneObject, TablePlane
 from weak_template_ros.twin.scenes import (
+    FrameLayout,
     SceneSpec,
-    _add_occluder,
     arrange_scene,
+    iter_frame_layouts,
     iter_scene_frames,
-    sample_camera,
-    sample_lighting,
+    scene_renderers,
+    share_meshes,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -204,35 +205,13 @@ def _tail(path: Path, n: int = 3000) -> str:
 # Scene -> job
 
 
-@dataclass
-class _FrameLayout:
-    T_world_cam: np.ndarray
-    lighting: Lighting
-    occluder: object | None  # scenes._Placed of this frame's occluder
-    rng: np.random.Generator
-
-
 def _frame_layouts(models, spec: SceneSpec, seed: int, scene_id: int, renderer: Renderer):
-    """What iter_scene_frames draws, in its order: arrangement, then per frame camera, light,
-    occluder. The rest of each frame's generator is left for the sensor model."""
-    camera = spec.camera
-    lowres = Renderer(camera.scaled(0.25))
+    """The arrangement and every frame's layout, drawn exactly as iter_scene_frames draws them
+    (occluder meshes stay registered: the job needs them all at once)."""
+    renderer, lowres, _ = scene_renderers(spec.camera, renderer)
     placed = arrange_scene(models, spec, seed, scene_id, renderer)
-    for p in placed:
-        if not lowres.has_mesh(p.key):
-            lowres.add_mesh(p.key, renderer.mesh(p.key))
-    layouts = []
-    for im_id in range(spec.frames_per_scene):
-        rng = np.random.default_rng([seed, scene_id, 1, im_id])
-        T_world_cam = sample_camera(spec, rng)
-        lighting = sample_lighting(spec, rng)
-        occ = None
-        if spec.occlusion_max > 0:
-            level = rng.uniform(spec.occlusion_min, spec.occlusion_max)
-            occ = _add_occluder(renderer, lowres, placed, placed[0], T_world_cam, level,
-                                ("occluder", scene_id, im_id))
-        layouts.append(_FrameLayout(T_world_cam, lighting, occ, rng))
-    return placed, layouts
+    share_meshes(renderer, placed, lowres)
+    return placed, list(iter_frame_layouts(spec, seed, scene_id, placed, renderer, lowres))
 
 
 def _pbr_material(rng: np.random.Generator) -> dict:
@@ -251,11 +230,11 @@ def _twin_material(albedo: float, specular: float) -> dict:
 
 @dataclass
 class SceneLayout:
-    """One scene as both backends see it: placed objects (scenes._Placed, parts first), the
+    """One scene as both backends see it: placed objects (scenes.PlacedObject, parts first), the
     frames' cameras/lights/occluders, and an embedded renderer holding every mesh."""
 
     placed: list
-    frames: list[_FrameLayout]
+    frames: list[FrameLayout]
     renderer: Renderer
 
 
@@ -421,9 +400,6 @@ def _iter_frame_triples(models, spec, seed, scene_id, cfg, env, work_dir):
         raw = run_job(job, work_dir, env, timeout_s=cfg.timeout_s)
         gt_frames = iter_scene_frames(models, replace(spec, noise=False), seed, scene_id)
         for im_id, (gt, lay) in enumerate(zip(gt_frames, layout.frames, strict=True)):
-            if not np.allclose(gt.T_cam_world, invert_pose(lay.T_world_cam), atol=1e-12):
-                raise RuntimeError("scenes.iter_scene_frames and the BlenderProc layout drew different "
-                                   "cameras: the draw order of twin/scenes.py changed")
             frame = _bop_frame(gt, lay, raw, im_id, spec, layout)
             yield frame, gt, {"radiance": raw.radiance[im_id], "depth": raw.depth[im_id],
                               "instance": raw.instance[im_id], "result": raw.result,
@@ -433,7 +409,7 @@ def _iter_frame_triples(models, spec, seed, scene_id, cfg, env, work_dir):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _bop_frame(gt: BopFrame, lay: _FrameLayout, raw: BlenderProcFrames, im_id: int, spec: SceneSpec,
+def _bop_frame(gt: BopFrame, lay: FrameLayout, raw: BlenderProcFrames, im_id: int, spec: SceneSpec,
                layout: SceneLayout) -> BopFrame:
     """BlenderProc images + the embedded ground truth, through the same sensor model."""
     radiance, depth, instance = raw.radiance[im_id], raw.depth[im_id], raw.instance[im_id]

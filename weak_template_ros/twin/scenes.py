@@ -75,12 +75,30 @@ class SceneSpec:
 
 
 @dataclass
-class _Placed:
+class PlacedObject:
+    """A mesh instance of a scene in the world (= table) frame; ``obj_id`` None for distractors
+    and occluders (not annotated)."""
+
     key: object
     T_world_obj: np.ndarray
     albedo: float
     specular: float
-    obj_id: int | None  # None for distractors and occluders
+    obj_id: int | None
+
+
+@dataclass
+class FrameLayout:
+    """Everything random about one frame except sensor noise: camera, light, occluder.
+
+    ``rng`` is the frame's generator after those draws; the sensor model continues with it, so
+    every backend that renders this layout gets the same noise stream.
+    """
+
+    im_id: int
+    T_world_cam: np.ndarray
+    lighting: Lighting
+    occluder: PlacedObject | None
+    rng: np.random.Generator
 
 
 def _distractor_mesh(rng: np.random.Generator) -> trimesh.Trimesh:
@@ -118,7 +136,7 @@ def _place_xy(placed_xy: list[tuple[np.ndarray, float]], radius: float, spec: Sc
 
 
 def arrange_scene(models: dict[int, PartModel], spec: SceneSpec, seed: int, scene_id: int,
-                  renderer: Renderer) -> list[_Placed]:
+                  renderer: Renderer) -> list[PlacedObject]:
     """Parts (stable poses, random yaw, no overlap) and distractors on the table, world = table frame."""
     rng = np.random.default_rng([seed, scene_id, 0])
     ids = sorted(models)
@@ -140,7 +158,7 @@ def arrange_scene(models: dict[int, PartModel], spec: SceneSpec, seed: int, scen
         T = make_pose(rotation_from_rotvec([0, 0, rng.uniform(-math.pi, math.pi)])) @ T
         radius = _xy_radius(model.mesh, T)
         T[:2, 3] += _place_xy(xy_used, radius, spec, rng, f"obj_id {obj_id}")
-        placed.append(_Placed(("obj", obj_id), T, part_albedo, spec.specular, obj_id))
+        placed.append(PlacedObject(("obj", obj_id), T, part_albedo, spec.specular, obj_id))
     for k in range(spec.distractors):
         mesh = _distractor_mesh(rng)
         key = ("distractor", scene_id, k)
@@ -148,7 +166,7 @@ def arrange_scene(models: dict[int, PartModel], spec: SceneSpec, seed: int, scen
         T = _rest_on_table(mesh, rng)
         T[:2, 3] += _place_xy(xy_used, _xy_radius(mesh, T), spec, rng, f"distractor {k}")
         albedo = float(np.clip(table_albedo * (1.0 + rng.uniform(-0.5, 1.5)), 0.0, 1.0))
-        placed.append(_Placed(key, T, albedo, float(rng.uniform(0, 0.3)), None))
+        placed.append(PlacedObject(key, T, albedo, float(rng.uniform(0, 0.3)), None))
     return placed
 
 
@@ -176,13 +194,13 @@ def sample_lighting(spec: SceneSpec, rng: np.random.Generator) -> Lighting:
                     ambient=float(rng.uniform(spec.ambient_min, spec.ambient_max)))
 
 
-def _objects_in_camera(placed: list[_Placed], T_cam_world: np.ndarray) -> list[SceneObject]:
+def _objects_in_camera(placed: list[PlacedObject], T_cam_world: np.ndarray) -> list[SceneObject]:
     return [SceneObject(p.key, T_cam_world @ p.T_world_obj, albedo=p.albedo, specular=p.specular)
             for p in placed]
 
 
-def _add_occluder(renderer: Renderer, lowres: Renderer, placed: list[_Placed], target: _Placed,
-                  T_world_cam: np.ndarray, occlusion: float, key) -> _Placed:
+def _add_occluder(renderer: Renderer, lowres: Renderer, placed: list[PlacedObject], target: PlacedObject,
+                  T_world_cam: np.ndarray, occlusion: float, key) -> PlacedObject:
     """A box standing between camera and target, slid sideways to hide ``occlusion`` of it."""
     model_v = target_mesh_vertices(renderer, target)
     top = float(model_v[:, 2].max())
@@ -227,13 +245,49 @@ def _add_occluder(renderer: Renderer, lowres: Renderer, placed: list[_Placed], t
             lo = mid
         else:
             hi = mid
-    return _Placed(key, pose((lo + hi) / 2), target.albedo, target.specular, None)
+    return PlacedObject(key, pose((lo + hi) / 2), target.albedo, target.specular, None)
 
 
-def target_mesh_vertices(renderer: Renderer, placed: _Placed) -> np.ndarray:
+def target_mesh_vertices(renderer: Renderer, placed: PlacedObject) -> np.ndarray:
     """World-frame vertices of a placed mesh (from the renderer's registry)."""
     v = renderer.mesh_vertices(placed.key)
     return v @ placed.T_world_obj[:3, :3].T + placed.T_world_obj[:3, 3]
+
+
+def iter_frame_layouts(spec: SceneSpec, seed: int, scene_id: int, placed: list[PlacedObject],
+                       renderer: Renderer, lowres: Renderer) -> Iterator[FrameLayout]:
+    """The frames' cameras, lights and occluders, in the one order every backend draws them.
+
+    An occluder's mesh is added to ``renderer`` and ``lowres`` under ``("occluder", scene_id,
+    im_id)``; the caller removes it when done with the frame.
+    """
+    for im_id in range(spec.frames_per_scene):
+        rng = np.random.default_rng([seed, scene_id, 1, im_id])
+        T_world_cam = sample_camera(spec, rng)
+        lighting = sample_lighting(spec, rng)
+        occluder = None
+        if spec.occlusion_max > 0:
+            occ = rng.uniform(spec.occlusion_min, spec.occlusion_max)
+            occluder = _add_occluder(renderer, lowres, placed, placed[0], T_world_cam, occ,
+                                     ("occluder", scene_id, im_id))
+        yield FrameLayout(im_id, T_world_cam, lighting, occluder, rng)
+
+
+def scene_renderers(camera: CameraIntrinsics, renderer: Renderer | None = None):
+    """(full-size, quarter-size for occlusion bisection, 3x-canvas for BOP's px_count_all) renderers."""
+    renderer = renderer or Renderer(camera)
+    lowres = Renderer(camera.scaled(0.25))
+    ext = CameraIntrinsics(camera.fx, camera.fy, camera.cx + camera.width, camera.cy + camera.height,
+                           3 * camera.width, 3 * camera.height)
+    return renderer, lowres, Renderer(ext)
+
+
+def share_meshes(source: Renderer, placed: list[PlacedObject], *targets: Renderer) -> None:
+    """Register the placed objects' meshes of ``source`` in the other renderers."""
+    for p in placed:
+        for r in targets:
+            if not r.has_mesh(p.key):
+                r.add_mesh(p.key, source.mesh(p.key))
 
 
 def iter_scene_frames(models: dict[int, PartModel], spec: SceneSpec, seed: int, scene_id: int,
@@ -241,32 +295,17 @@ def iter_scene_frames(models: dict[int, PartModel], spec: SceneSpec, seed: int, 
     """Frames of one scene, with ground truth for every part (distractors are unannotated)."""
     validate(spec)
     camera = spec.camera
-    renderer = renderer or Renderer(camera)
-    lowres = Renderer(camera.scaled(0.25))
-    ext = CameraIntrinsics(camera.fx, camera.fy, camera.cx + camera.width, camera.cy + camera.height,
-                           3 * camera.width, 3 * camera.height)
-    ext_renderer = Renderer(ext)  # BOP's px_count_all / bbox_obj count the silhouette beyond the image
+    renderer, lowres, ext_renderer = scene_renderers(camera, renderer)
     placed = arrange_scene(models, spec, seed, scene_id, renderer)
-    for p in placed:
-        for r in (lowres, ext_renderer):
-            if not r.has_mesh(p.key):
-                r.add_mesh(p.key, renderer.mesh(p.key))
+    share_meshes(renderer, placed, lowres, ext_renderer)
     table = TablePlane(np.eye(4), albedo=spec.table_albedo, half_size=None)
-    for im_id in range(spec.frames_per_scene):
-        rng = np.random.default_rng([seed, scene_id, 1, im_id])
-        T_world_cam = sample_camera(spec, rng)
-        T_cam_world = invert_pose(T_world_cam)
-        lighting = sample_lighting(spec, rng)
-        frame_objects = list(placed)
-        occ_key = None
-        if spec.occlusion_max > 0:
-            occ = rng.uniform(spec.occlusion_min, spec.occlusion_max)
-            occ_key = ("occluder", scene_id, im_id)
-            frame_objects.append(_add_occluder(renderer, lowres, placed, placed[0], T_world_cam,
-                                               occ, occ_key))
+    for lay in iter_frame_layouts(spec, seed, scene_id, placed, renderer, lowres):
+        T_cam_world = invert_pose(lay.T_world_cam)
+        frame_objects = placed + ([lay.occluder] if lay.occluder is not None else [])
         objs = _objects_in_camera(frame_objects, T_cam_world)
         out = renderer.render(objs, table=TablePlane(T_cam_world @ table.T_cam_table, table.albedo),
-                              lighting=lighting, sensor=spec.sensor if spec.noise else None, rng=rng)
+                              lighting=lay.lighting, sensor=spec.sensor if spec.noise else None,
+                              rng=lay.rng)
         annotations = []
         for i, p in enumerate(frame_objects):
             if p.obj_id is None:
@@ -283,11 +322,11 @@ def iter_scene_frames(models: dict[int, PartModel], spec: SceneSpec, seed: int, 
             annotations.append(ObjectAnnotation(obj_id=p.obj_id, T_cam_obj=objs[i].T_cam_obj,
                                                 mask=mask, mask_visib=out.instance == i,
                                                 px_count_all=px_all, bbox_obj=bbox))
-        if occ_key is not None:
+        if lay.occluder is not None:
             for r in (renderer, lowres):
-                r.remove_mesh(occ_key)
+                r.remove_mesh(lay.occluder.key)
         yield BopFrame(rgb=out.rgb, depth=out.depth, camera=camera, objects=annotations,
-                       T_cam_world=T_cam_world, scene_id=scene_id, im_id=im_id)
+                       T_cam_world=T_cam_world, scene_id=scene_id, im_id=lay.im_id)
 
 
 def _touches_border(mask: np.ndarray) -> bool:
