@@ -404,7 +404,30 @@ def write(result: dict) -> None:
         lines += ["", "| family | frames | ADD(-S) recall | false detections |", "|---|---:|---:|---:|"]
         for f, v in e["per_family"].items():
             lines.append(f"| {f} | {v['frames']} | {v['add_s_recall']:.0%} | {v['false_detections']} |")
-    lines += ["", "![verification scores](pose_icp.png)", ""]
+    lines += [
+        "",
+        "## What limits these figures",
+        "",
+        "* **Coarse hypotheses.** In the end-to-end rows most misses had no LINEMOD hypothesis "
+        "within ICP's reach: the top 5 were on distractors or 30-180 deg off (box-like parts are "
+        "often proposed flipped by 180 deg). From starts within ~30 deg and ~2 cm, ICP plus "
+        "verification recovers the part (a diagnostic run, hex nut: 6/8 frames found at 0.1-4 "
+        "deg, 0.1-0.2 mm).",
+        "* **Near-symmetric views.** A connector housing or L-bracket turned 180 deg about a "
+        "principal axis shows nearly the same visible surface: such poses score up to 0.99 and "
+        "are published as detections although ADD counts them wrong (VSD, which compares "
+        "visible surfaces, mostly does not). Depth tolerance 3-6 mm made no difference; finer "
+        "cues (texture, or exact small features at lower depth noise) would be needed.",
+        "* **Thin parts in noisy depth.** The L-bracket (3.1 mm sheet) and T-profile (6.2 mm "
+        "flange) lose most valid depth at edges and grazing angles in the sensor model; ICP "
+        "slides in the plane of the sheet (33 % converged from 10 deg / 2 cm with noise).",
+        "* **Time.** Per hypothesis ~20-40 ms here (ICP ~60 %), measured while other jobs kept the "
+        "2-core host at a load of 4-8; the end-to-end frame time is dominated by LINEMOD and by "
+        "refining all 5 hypotheses when none is accepted early (frames without the part).",
+        "",
+        "![verification scores](pose_icp.png)",
+        "",
+    ]
     (OUT / "pose_icp.md").write_text("\n".join(lines) + "\n")
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -419,6 +442,11 @@ def write(result: dict) -> None:
     ax.set_title("render-and-compare verification on noisy twin frames")
     fig.tight_layout()
     fig.savefig(OUT / "pose_icp.png", dpi=110)
+
+
+def rewrite_from_json() -> None:
+    """Regenerate the markdown and plot from docs/benchmarks/pose_icp.json (no measuring)."""
+    write(json.loads((OUT / "pose_icp.json").read_text()))
 
 
 def main() -> None:

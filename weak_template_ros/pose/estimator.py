@@ -27,6 +27,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from weak_template_ros.camera import CameraIntrinsics
+from weak_template_ros.config import validate
 from weak_template_ros.errors import InputError, describe_array
 from weak_template_ros.geometry import check_pose
 from weak_template_ros.models import PartModel
@@ -189,7 +190,7 @@ class PoseEstimator:
                  obj_id: int | None = None, reference_rotation: np.ndarray | None = None):
         if not isinstance(model, PartModel):
             raise InputError("model", "a PartModel", type(model).__name__)
-        self.cfg = cfg or PoseConfig()
+        self.cfg = validate(cfg or PoseConfig())
         self.model = model
         self.camera = camera
         self.obj_id = obj_id
