@@ -40,6 +40,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import multiprocessing as mp  # noqa: E402
@@ -58,6 +59,7 @@ from shapely.geometry import Polygon  # noqa: E402
 from weak_template_ros.align import baselines as bl  # noqa: E402
 from weak_template_ros.align.aligner import AlignerConfig, align, prepare_template  # noqa: E402
 from weak_template_ros.align.crb import mark_crb  # noqa: E402
+from weak_template_ros.align.preprocess import remove_shading  # noqa: E402
 from weak_template_ros.align.similarity import Similarity  # noqa: E402
 from weak_template_ros.twin.marks import Degradations, MarkSpec, golden_template, make_scene  # noqa: E402
 
@@ -73,6 +75,7 @@ MARKS = {
 SNRS = (1.0, 2.0, 5.0, 20.0)
 CONTRASTS = {"30%": 0.3, "3%": 0.03}
 ROTATIONS_DEG = (0.0, 0.5, 5.0)
+SHADING_ORDER = 3  # baselines' flat-field: robust cubic (gradient x vignetting is cubic)
 OURS = {"ours (euclidean)": AlignerConfig(motion="euclidean"),
         "ours (similarity)": AlignerConfig(motion="similarity")}
 METHODS = [*OURS, *bl.BASELINES]
@@ -82,6 +85,7 @@ ROBUSTNESS = {
     "20 particles": {"particles": 20, "particle_radius": 5.0},
     "line width +2 px": {"line_width_bias": 2.0},
     "blur mismatch (image 1.5 px)": {"defocus_sigma": 1.5},
+    "no extra degradation, baselines without flat-field": {"baseline_shading": False},
 }
 
 
@@ -92,18 +96,28 @@ def degradations(contrast: float, snr: float, **extra) -> Degradations:
     return Degradations(**base)
 
 
-def run_methods(img: np.ndarray, T: np.ndarray, preps: dict) -> dict:
-    """{method: (dx, dy, dtheta or nan, score, ok, found, cpu seconds)}."""
+def run_methods(img: np.ndarray, T: np.ndarray, T_flat: np.ndarray, preps: dict, shading: bool) -> dict:
+    """{method: (dx, dy, dtheta or nan, score, ok, found, cpu seconds)}.
+
+    Ours gets the raw image. Baselines get it flat-fielded by :func:`remove_shading` (a robust
+    cubic fit; its CPU time is added to each baseline's) unless ``shading`` is False: without it
+    they fail on 3 % marks under a 10 % light gradient.
+    """
     out = {}
+    t0 = time.process_time()
+    flat = remove_shading(img, SHADING_ORDER) if shading else img
+    t_flat = time.process_time() - t0 if shading else 0.0
     for name in METHODS:
         t0 = time.process_time()
         if name in OURS:
             r = align(img, preps[name])
             res = (r.dx, r.dy, r.dtheta, r.score, True, r.found)
+            extra = 0.0
         else:
-            r = bl.BASELINES[name](img, T)
+            r = bl.BASELINES[name](flat, T_flat if shading else T)
             res = (r.dx, r.dy, math.nan if r.dtheta is None else r.dtheta, r.score, r.ok, True)
-        out[name] = (*res, time.process_time() - t0)
+            extra = t_flat
+        out[name] = (*res, time.process_time() - t0 + extra)
     return out
 
 
@@ -114,31 +128,49 @@ def run_cell(task: dict) -> dict:
     d = degradations(CONTRASTS[task["contrast"]], task["snr"], **task.get("extra", {}))
     template_d = degradations(CONTRASTS[task["contrast"]], task["snr"])
     T = golden_template(spec, SHAPE, template_d).astype(np.float32)
+    T_flat = remove_shading(T, SHADING_ORDER)
+    shading = task.get("baseline_shading", True)
     preps = {k: prepare_template(T, cfg) for k, cfg in OURS.items()}
     rot = math.radians(task["rotation_deg"])
     rows = {m: [] for m in METHODS}
     truth = []
-    crbs = []
     for i in range(task["trials"]):
         rng = np.random.default_rng([task["seed"], i])
         pose = Similarity(rng.uniform(-MAX_SHIFT, MAX_SHIFT), rng.uniform(-MAX_SHIFT, MAX_SHIFT),
                           rot * rng.choice([-1.0, 1.0]), 1.0)
         scene = make_scene(spec, SHAPE, d, rng)
         img, _ = scene.sample(pose, rng)
-        for m, v in run_methods(img, T, preps).items():
+        for m, v in run_methods(img, T, T_flat, preps, shading).items():
             rows[m].append(v)
         truth.append((pose.tx, pose.ty, pose.theta))
-        if i < task["crb_trials"]:
-            crbs.append(mark_crb(scene, pose))
     free = {m: [] for m in METHODS}
     for i in range(task["free"]):
         rng = np.random.default_rng([task["seed"], 10_000 + i])
         scene = dataclasses.replace(make_scene(spec, SHAPE, d, rng), geometry=Polygon())
         img, _ = scene.sample(Similarity(), rng)
-        for m, v in run_methods(img, T, preps).items():
+        for m, v in run_methods(img, T, T_flat, preps, shading).items():
             free[m].append(v)
+    crb = None
+    if task["crb_trials"]:
+        at_snr1 = crb_at(task["mark"], task["contrast"], task["rotation_deg"], task["crb_trials"])
+        crb = at_snr1 / task["snr"] ** 2
     return {"task": task, "truth": truth, "rows": rows, "free": free,
-            "crb": np.mean(crbs, axis=0).tolist() if crbs else None}
+            "crb": crb.tolist() if crb is not None else None}
+
+
+@functools.cache
+def crb_at(mark: str, contrast: str, rotation_deg: float, n: int) -> np.ndarray:
+    """CRB of (tx, ty, theta) at SNR 1, averaged over n random shifts. With this noise model
+    (sigma² = sigma0² ((1 - f) + f I / B), sigma0 = B c / SNR) the bound scales exactly as
+    1 / SNR², so one computation serves the four SNRs."""
+    d = degradations(CONTRASTS[contrast], 1.0)
+    rng = np.random.default_rng([99, int(rotation_deg * 10)])
+    out = []
+    for _ in range(n):
+        pose = Similarity(rng.uniform(-MAX_SHIFT, MAX_SHIFT), rng.uniform(-MAX_SHIFT, MAX_SHIFT),
+                          math.radians(rotation_deg), 1.0)
+        out.append(mark_crb(make_scene(MARKS[mark], SHAPE, d, rng), pose))
+    return np.mean(out, axis=0)
 
 
 def summarise_cell(res: dict) -> dict:
@@ -186,16 +218,18 @@ def tasks(quick: bool, trials: int, free: int) -> list[dict]:
     return out
 
 
-def robustness_tasks(quick: bool, trials: int) -> list[dict]:
+def robustness_tasks(quick: bool, trials: int, free: int) -> list[dict]:
     out = []
     for ki, (name, extra) in enumerate(ROBUSTNESS.items()):
         if quick and ki > 1:
             break
+        extra = dict(extra)
+        shading = extra.pop("baseline_shading", True)
         for mi, mark in enumerate(MARKS):
             for ci, c in enumerate(CONTRASTS):
                 out.append({"mark": mark, "snr": 5.0, "contrast": c, "rotation_deg": 0.5, "trials": trials,
-                            "crb_trials": 0, "free": 0, "extra": extra, "robustness": name,
-                            "seed": 50_000 + 1000 * ki + 10 * mi + ci})
+                            "crb_trials": 0, "free": free, "extra": extra, "robustness": name,
+                            "baseline_shading": shading, "seed": 50_000 + 1000 * ki + 10 * mi + ci})
     return out
 
 
@@ -251,7 +285,7 @@ def overlay_picture(path: Path) -> None:
         for cont in contours:
             xy = np.vstack([cont[:, 0, :], cont[:1, 0, :]]).astype(float) @ r.affine[:, :2].T + r.affine[:, 2]
             ax.plot(xy[:, 0], xy[:, 1], "-", color="lime", lw=0.8)
-        ax.plot(*(c + (pose.tx, pose.ty)), "r+", ms=14, mew=1.5, label="truth")
+        ax.plot(c[0] + pose.tx, c[1] + pose.ty, "r+", ms=14, mew=1.5, label="truth")
         ax.plot(r.dx + c[0], r.dy + c[1], "x", color="cyan", ms=10, mew=1.5, label="found")
         if zoom:
             ax.set_xlim(c[0] + pose.tx - 6, c[0] + pose.tx + 6)
@@ -273,12 +307,13 @@ def plot_error_vs_snr(cells: list[dict], path: Path) -> None:
         if not snrs:
             continue
         for m in METHODS:
-            ys = [pooled(cells, m, lambda c, s=s: c["task"]["mark"] == mark and c["task"]["snr"] == s)["rms_px"]
-                  for s in snrs]
+            ys = [pooled(cells, m, lambda c, s=s, k=mark: c["task"]["mark"] == k and c["task"]["snr"] == s)
+                  ["rms_px"] for s in snrs]
             style = "-o" if m in OURS else "--."
             ax.loglog(snrs, ys, style, label=m, lw=1.5 if m in OURS else 1)
-        crb = [pooled(cells, METHODS[0], lambda c, s=s: c["task"]["mark"] == mark and c["task"]["snr"] == s)
-               ["crb_px"] for s in snrs]
+        crb = [pooled(cells, METHODS[0],
+                      lambda c, s=s, k=mark: c["task"]["mark"] == k and c["task"]["snr"] == s)["crb_px"]
+               for s in snrs]
         ax.loglog(snrs, crb, "k-", lw=2.5, label="Cramér–Rao bound")
         ax.set_title(mark)
         ax.set_xlabel("SNR (contrast amplitude / noise sigma)")
@@ -311,43 +346,61 @@ def write_markdown(result: dict, path: Path) -> None:
         L.append(f"- {'PASS' if t['pass'] else 'FAIL'}: {t['what']}: {t['measured']}")
     L += ["", "## Per method (pooled over marks, contrasts and rotations)", ""]
     for m in METHODS:
+        ours_cols = " FA @min_score | miss @min_score |" if m in OURS else ""
         L += [f"### {m}", "", "| SNR | RMS px | CRB px | RMS/CRB | rot RMS ° | CPU ms | gross (>2 px) | "
-                             "FA @99 % det. (30 % / 3 %) |" + (" FA @min_score | miss @min_score |" if m in OURS else ""),
+                             "FA @99 % det. (30 % / 3 %) |" + ours_cols,
               "|---|---|---|---|---|---|---|---|" + ("---|---|" if m in OURS else "")]
         for s in sorted({c["task"]["snr"] for c in cells}):
             p = result["pooled"][m][str(s)]
             fa = result["false_accepts"][m].get(str(s), {})
             fa_s = " / ".join(fmt(fa.get(c, {}).get("fa_at_99pct_detection"), 3) for c in CONTRASTS)
             row = (f"| {s:g} | {fmt(p['rms_px'], 4)} | {fmt(p['crb_px'], 4)} | {fmt(p['rms_over_crb'], 2)} | "
-                   f"{fmt(p['rms_theta_deg'], 4)} | {fmt(p['cpu_ms'], 2)} | {p['gross_failures']}/{p['n']} | {fa_s} |")
+                   f"{fmt(p['rms_theta_deg'], 4)} | {fmt(p['cpu_ms'], 2)} | {p['gross_failures']}/{p['n']} | "
+                   f"{fa_s} |")
             if m in OURS:
                 fam = max(fa.get(c, {}).get("fa_at_min_score", 0.0) for c in CONTRASTS)
                 miss = max(fa.get(c, {}).get("miss_at_min_score", 0.0) for c in CONTRASTS)
                 row += f" {fmt(fam, 3)} | {fmt(miss, 3)} |"
             L.append(row)
         L.append("")
+    L += ["Translation-only methods cannot follow a 5° rotation of the chevron set: along its diagonal "
+          "arms the best translation-only fit slides ~4 px; those cells (chevrons at 5°, 100 trials per SNR) "
+          "are all the gross failures of skimage, matchTemplate and ECC translation above. "
+          "cv2.phaseCorrelate whitens the spectrum and loses the peak in noise at SNR <= 5.", ""]
     L += ["## Ours vs the best baseline, per mark / SNR / contrast (pooled over rotations)", "",
           "| mark | SNR | contrast | CRB px | ours px | ours/CRB | best baseline | its px | ours / best |"
           " ours rot ° | CRB rot ° |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["versus"]:
         L.append(f"| {row['mark']} | {row['snr']:g} | {row['contrast']} | {fmt(row['crb_px'], 4)} | "
                  f"{fmt(row['ours_px'], 4)} | {fmt(row['ours_over_crb'], 2)} | {row['best']} | "
-                 f"{fmt(row['best_px'], 4)} | {fmt(row['ours_over_best'], 2)} | {fmt(row['ours_theta_deg'], 4)} |"
-                 f" {fmt(row['crb_theta_deg'], 4)} |")
+                 f"{fmt(row['best_px'], 4)} | {fmt(row['ours_over_best'], 2)} | "
+                 f"{fmt(row['ours_theta_deg'], 4)} | {fmt(row['crb_theta_deg'], 4)} |")
     if result.get("robustness"):
         L += ["", "## Robustness (SNR 5, rotation 0.5°, pooled over marks and both contrasts)", "",
               "| degradation | " + " | ".join(METHODS) + " |", "|---|" + "---|" * len(METHODS)]
         for name, per in result["robustness"].items():
             L.append(f"| {name} | " + " | ".join(f"{fmt(per[m]['rms_px'], 3)} ({per[m]['gross_failures']})"
                                                   for m in METHODS) + " |")
-        L += ["", "RMS px (gross failures > 2 px in brackets). The CRB does not apply (structured "
-              "nuisances are not white noise)."]
-    L += ["", "![error vs SNR](alignment_error_vs_snr.png)", "", "![detection](alignment_overlay.png)", ""]
+        L += ["", "RMS px (gross failures > 2 px in brackets) over all trials. The CRB does not apply "
+              "(structured nuisances are not white noise). Ours' decisions on these images (found when "
+              "the mark is there / false accepts on the same conditions without the mark):", ""]
+        for name, per in result["robustness"].items():
+            o = per["ours (euclidean)"]
+            L.append(f"- {name}: missed {100 * o['miss_at_min_score']:.1f} %, false accepts "
+                     f"{100 * o['fa_at_min_score']:.1f} %")
+    L += ["", "![error vs SNR](alignment_error_vs_snr.png)", "",
+          "Error vs SNR per mark, pooled over both contrasts and the three rotations (so translation-only "
+          "methods carry their 5° errors); black: the Cramér–Rao bound.", "",
+          "![detection](alignment_overlay.png)", "",
+          "A detection at SNR 2, 3 % contrast, 5°: the template's outline mapped through the found warp "
+          "(green), the true and the found reference point; right: the same, 12 px wide.", ""]
     path.write_text("\n".join(L) + "\n")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--markdown-only", action="store_true",
+                    help="rewrite alignment.md from an existing alignment.json (no computation)")
     ap.add_argument("--quick", action="store_true", help="tiny grid, results not written to docs/")
     ap.add_argument("--trials", type=int, default=None, help="trials per cell (default 50, quick 5)")
     ap.add_argument("--workers", type=int, default=2)
@@ -357,9 +410,12 @@ def main() -> None:
     free = 4 if args.quick else 25
     out = args.out or (Path("out/bench_alignment_quick") if args.quick else OUT)
     out.mkdir(parents=True, exist_ok=True)
+    if args.markdown_only:
+        write_markdown(json.loads((out / "alignment.json").read_text()), out / "alignment.md")
+        return
     t0 = time.perf_counter()
     grid = tasks(args.quick, trials, free)
-    rob = robustness_tasks(args.quick, 3 if args.quick else 15)
+    rob = robustness_tasks(args.quick, 3 if args.quick else 12, 2 if args.quick else 5)
     with mp.get_context("fork").Pool(args.workers) as pool:
         results = []
         for i, r in enumerate(pool.imap_unordered(run_cell, grid + rob)):
@@ -407,32 +463,47 @@ def main() -> None:
                                "ours_theta_deg": ours["rms_theta_deg"], "crb_theta_deg": crb_th})
     result["versus"] = versus
     if rcells:
-        result["robustness"] = {
-            name: {m: pooled(rcells, m, lambda c, n=name: c["task"]["robustness"] == n) for m in METHODS}
-            for name in ROBUSTNESS if any(c["task"]["robustness"] == name for c in rcells)}
+        result["robustness"] = {}
+        for name in ROBUSTNESS:
+            sel = [c for c in rcells if c["task"]["robustness"] == name]
+            if not sel:
+                continue
+            per = {m: pooled(rcells, m, lambda c, n=name: c["task"]["robustness"] == n) for m in METHODS}
+            for m in OURS:
+                n_free = sum(c["summary"]["methods"][m]["n_free"] for c in sel)
+                found = sum(c["summary"]["methods"][m]["free_found"] for c in sel)
+                per[m]["fa_at_min_score"] = found / max(n_free, 1)
+                per[m]["miss_at_min_score"] = per[m]["missed"] / max(per[m]["n"], 1)
+            result["robustness"][name] = per
     # Targets (issue 4).
     low = [v for v in versus if v["snr"] <= 5]
     worst_crb = max(low, key=lambda v: v["ours_over_crb"])
     worst_best = max(low, key=lambda v: v["ours_over_best"])
     rot = [x for x in cells if x["task"]["snr"] >= 5]
-    rot_rms = math.sqrt(np.mean([x["summary"]["methods"]["ours (euclidean)"]["rms_theta_deg"] ** 2 for x in rot])) \
+    rot_rms = math.sqrt(np.mean([x["summary"]["methods"]["ours (euclidean)"]["rms_theta_deg"] ** 2
+                                 for x in rot])) \
         if rot else math.nan
     rot_crb = math.sqrt(np.mean([x["summary"]["crb_theta_deg"] ** 2 for x in rot])) if rot else math.nan
     cpu = result["pooled"]["ours (euclidean)"]
     cpu_ms = float(np.median([cpu[str(s)]["cpu_ms"] for s in snrs]))
+    cpu_sim = float(np.median([result["pooled"]["ours (similarity)"][str(s)]["cpu_ms"] for s in snrs]))
     fa = max(result["false_accepts"]["ours (euclidean)"][str(s)][c].get("fa_at_min_score", 0.0)
              for s in snrs for c in result["false_accepts"]["ours (euclidean)"][str(s)])
+    fa_hard = max((per["ours (euclidean)"]["fa_at_min_score"]
+                   for per in result.get("robustness", {}).values()), default=0.0)
     result["targets"] = [
         {"what": "translation RMS <= 1.5x CRB at SNR <= 5, every mark/SNR/contrast (pooled over rotations)",
          "pass": worst_crb["ours_over_crb"] <= 1.5,
-         "measured": f"worst {worst_crb['ours_over_crb']:.2f}x ({worst_crb['mark']}, SNR {worst_crb['snr']:g}, "
+         "measured": f"worst {worst_crb['ours_over_crb']:.2f}x ({worst_crb['mark']}, "
+                     f"SNR {worst_crb['snr']:g}, "
                      f"{worst_crb['contrast']}); median {np.median([v['ours_over_crb'] for v in low]):.2f}x"},
         {"what": "translation RMS <= 1.1x CRB (aim), same cells",
          "pass": worst_crb["ours_over_crb"] <= 1.1,
          "measured": f"{sum(v['ours_over_crb'] <= 1.1 for v in low)}/{len(low)} cells"},
         {"what": "translation RMS <= 0.5x the best baseline at SNR <= 5",
          "pass": worst_best["ours_over_best"] <= 0.5,
-         "measured": f"worst {worst_best['ours_over_best']:.2f}x ({worst_best['mark']}, SNR {worst_best['snr']:g}, "
+         "measured": f"worst {worst_best['ours_over_best']:.2f}x ({worst_best['mark']}, "
+                     f"SNR {worst_best['snr']:g}, "
                      f"{worst_best['contrast']}, best = {worst_best['best']}); median "
                      f"{np.median([v['ours_over_best'] for v in low]):.2f}x"},
         {"what": "rotation RMS <= 0.01° for 128 px marks at SNR >= 5",
@@ -441,10 +512,11 @@ def main() -> None:
              f"SNR {s:g}: {cpu_rot:.4f}°" for s, cpu_rot in
              ((s, result['pooled']['ours (euclidean)'][str(s)]['rms_theta_deg']) for s in snrs if s >= 5))},
         {"what": "<= 3 ms per 256x256 ROI on one core", "pass": cpu_ms <= 3.0,
-         "measured": f"median CPU {cpu_ms:.2f} ms (similarity: "
-                     f"{np.median([result['pooled']['ours (similarity)'][str(s)]['cpu_ms'] for s in snrs]):.2f} ms)"},
-        {"what": "false accepts <= 1 % on mark-free images (configured min_score)", "pass": fa <= 0.01,
-         "measured": f"worst condition {100 * fa:.1f} %"},
+         "measured": f"median CPU {cpu_ms:.2f} ms (similarity: {cpu_sim:.2f} ms)"},
+        {"what": "false accepts <= 1 % on mark-free images (configured min_score)",
+         "pass": max(fa, fa_hard) <= 0.01,
+         "measured": f"worst SNR/contrast condition {100 * fa:.1f} %; with texture / glare / particles "
+                     f"(robustness set) worst {100 * fa_hard:.1f} %"},
     ]
     result["cells"] = cells
     result["robustness_cells"] = rcells
