@@ -26,6 +26,7 @@ from weak_template_ros.linemod import (
     nms,
     sample_viewpoints,
 )
+from weak_template_ros.linemod.matcher import template_specificity
 from weak_template_ros.models import make_part
 from weak_template_ros.twin.renderer import Lighting, Renderer, SceneObject
 
@@ -86,7 +87,9 @@ def test_own_template_found_at_exact_position_with_top_score(part, library, k):
     best = hyps[0]
     assert best.template_id == i
     assert (best.x, best.y) == (round(CX), round(CY))
-    assert best.score > 0.9
+    # Nearly every feature agrees (noise-free render on another background); the score carries
+    # the template's orientation-specificity factor.
+    assert best.score > 0.9 * template_specificity(library, MatcherConfig().specificity_scale)[i]
     # The pose comes back: the template's rotation and distance at the matched ray.
     np.testing.assert_allclose(best.T_cam_obj, library.poses[i], atol=1e-9)
     # With depth as well (normal features + measured distance).
@@ -108,7 +111,9 @@ def test_rotated_30_degrees_in_plane_picks_the_nearest_inplane_template(part, li
         out.rgb, camera=SCENE_CAM)[0]
     # 45 degrees is 15 degrees away from the view, 0 degrees is 30 away: 45 wins.
     assert library.meta[family[best.template_id], 2] == pytest.approx(math.radians(45.0))
-    assert (abs(best.x - CX) <= 2) and (abs(best.y - CY) <= 2)
+    # A template 15 degrees off fits best a few pixels away (its features at ~50 px from the
+    # anchor are displaced by ~13 px): 6 px is a tenth of the part's extent.
+    assert (abs(best.x - CX) <= 6) and (abs(best.y - CY) <= 6)
 
 
 def test_off_axis_pose_rotates_with_the_ray():

@@ -110,9 +110,11 @@ def as_image_tensor(image, name: str = "rgb", device: torch.device | str = "cpu"
     else:
         raise InputError(name, "a uint8, uint16 or float image", describe_array(a))
     t = torch.from_numpy(np.ascontiguousarray(a)).to(device)
-    t = t[..., None] if t.ndim == 2 else t
-    t = t.permute(2, 0, 1).to(torch.float32)
-    return t * scale if scale != 1.0 else t
+    # Planar (C, H, W) and contiguous before anything else: every later operation runs along
+    # rows of one channel (a channels-last view made them several times slower).
+    t = t[None] if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
+    t = t.to(torch.float32)
+    return t.mul_(scale) if scale != 1.0 else t
 
 
 def as_depth_tensor(depth, shape: tuple[int, int], name: str = "depth",
@@ -235,7 +237,7 @@ def color_gradients(image: torch.Tensor, blur_order: int = 4
     return bgx, bgy, best.sqrt_()
 
 
-def estimate_noise_sigma(image: torch.Tensor, step: int = 2) -> float:
+def estimate_noise_sigma(image: torch.Tensor, step: int = 4) -> float:
     """Robust i.i.d. noise standard deviation of a (C, H, W) image, in its intensity units.
 
     Median of the absolute response to the 3x3 mask of Immerkaer (1996), which cancels linear
@@ -271,7 +273,7 @@ def _pad_zero(v: torch.Tensor, r: int) -> torch.Tensor:
 
 
 def quantize_orientations(gx: torch.Tensor, gy: torch.Tensor, magnitude: torch.Tensor,
-                          threshold: float, vote_min: int = 5) -> torch.Tensor:
+                          threshold: float, vote_min: int = 5, thin: bool = False) -> torch.Tensor:
     """Quantise gradient orientations into 8 bins with 3x3 neighbourhood voting.
 
     Every pixel's orientation ``atan2(gy, gx) mod pi`` falls in bin ``floor(angle / (pi/8))``.
@@ -279,6 +281,12 @@ def quantize_orientations(gx: torch.Tensor, gy: torch.Tensor, magnitude: torch.T
     the 9 pixels of its 3x3 neighbourhood (itself included, whatever their magnitude) fall in;
     otherwise, and below the threshold, it has no orientation (Hinterstoisser et al., PAMI
     2012; OpenCV's ColorGradient). ``vote_min`` >= 5 makes the winner a strict majority.
+
+    With ``thin``, only pixels whose magnitude is a maximum across the edge (along the gradient,
+    as in Canny's non-maximum suppression) keep an orientation: edges (silhouettes, creases)
+    stay, smooth shading (curved surfaces, whose gradient varies slowly) mostly goes. Measured
+    here: spheres and cylinders among the distractors otherwise respond to every template
+    orientation and outscore the parts.
 
     Returns
     -------
@@ -295,7 +303,24 @@ def quantize_orientations(gx: torch.Tensor, gy: torch.Tensor, magnitude: torch.T
     top = (top | (top >> 3)) & 0x03030303
     top = (top | (top >> 6)) & 0x000F000F
     top = (top | (top >> 12)) & 0xFF
-    return (top * (magnitude > threshold)).to(torch.uint8)
+    keep = magnitude > threshold
+    if thin:
+        keep &= _across_edge_maximum(magnitude, bins)
+    return (top * keep).to(torch.uint8)
+
+
+def _across_edge_maximum(mag: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """True where ``mag`` is >= its neighbour ahead and > its neighbour behind along the
+    gradient (4 directions from the 8 bins); plateaus (linear shading) keep nothing."""
+    H, W = mag.shape
+    m = _pad_zero(mag, 1)
+    cls = ((bins + 1) & (N_BINS - 1)) >> 1  # 0: horizontal, 1: diagonal, 2: vertical, 3: anti
+    ahead = (m[1:H + 1, 2:], m[2:, 2:], m[2:, 1:W + 1], m[2:, :W])
+    behind = (m[1:H + 1, :W], m[:H, :W], m[:H, 1:W + 1], m[:H, 2:])
+    out = torch.zeros((H, W), dtype=torch.bool, device=mag.device)
+    for c in range(4):
+        out |= (cls == c) & (mag >= ahead[c]) & (mag > behind[c])
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,7 +361,7 @@ def depth_normals(depth: torch.Tensor, fx: float, fy: float, cx: float, cy: floa
     zl, zr = zp[step:step + H, :W], zp[step:step + H, s2:]
     zu, zd = zp[:H, step:step + W], zp[s2:, step:step + W]
     n = torch.cross(du, dv, dim=0)
-    norm = n.norm(dim=0)
+    norm = (n[0] * n[0] + n[1] * n[1] + n[2] * n[2]).sqrt_()  # 10x faster than norm(dim=0) here
     lim = max_jump * depth
     ok = ((depth > 0) & (zl > 0) & (zr > 0) & (zu > 0) & (zd > 0)
           & ((zr - zl).abs() < lim) & ((zd - zu).abs() < lim) & (norm > 0))
@@ -451,5 +476,8 @@ def response_maps(bits: torch.Tensor, lut: torch.Tensor, dtype: torch.dtype = to
     (8, H, W) tensor of ``dtype``: ``out[o, y, x] = lut[o, bits[y, x]]``.
     """
     H, W = bits.shape
-    table = lut.to(device=bits.device, dtype=dtype).t().contiguous()  # (256, 8)
-    return F.embedding(bits.reshape(-1).to(torch.int64), table).t().reshape(N_BINS, H, W)
+    table = lut.to(device=bits.device).t().contiguous()  # (256, 8)
+    idx = bits.reshape(-1).to(torch.int64)
+    if dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        return F.embedding(idx, table.to(dtype)).t().reshape(N_BINS, H, W)
+    return table.to(dtype).index_select(0, idx).t().reshape(N_BINS, H, W)

@@ -40,7 +40,11 @@ from weak_template_ros.geometry import make_pose, rotation_from_rotvec
 from weak_template_ros.linemod import features as fe
 from weak_template_ros.linemod.templates import TemplateLibrary
 
-__all__ = ["Hypothesis", "Matcher", "MatcherConfig", "coarse_pose", "match_templates", "nms"]
+#: Similarity 1.0 in the uint8 response maps of the intermediate levels.
+RESPONSE_SCALE = 64
+
+__all__ = ["Hypothesis", "Matcher", "MatcherConfig", "coarse_pose", "match_templates", "nms",
+           "template_specificity"]
 
 
 @dataclass
@@ -53,9 +57,9 @@ class MatcherConfig:
     spread: tuple = param((), "spreading T per pyramid level (finest first); the coarsest T "
                           "is the step of the exhaustive search; level 0 always uses a soft 3x3 "
                           "spread. Empty: 8 at the coarsest level, 4 in between", unit="px")
-    min_magnitude: float = param(1.5, "lowest scene gradient magnitude threshold",
+    min_magnitude: float = param(1.0, "lowest scene gradient magnitude threshold",
                                  lo=0.0, hi=1000.0, unit="grey levels/px")
-    noise_factor: float = param(2.0, "scene gradient threshold = max(min_magnitude, noise_factor "
+    noise_factor: float = param(3.0, "scene gradient threshold = max(min_magnitude, noise_factor "
                                 "x gradient noise std estimated from the image)", lo=0.0, hi=50.0)
     fixed_magnitude: float = param(0.0, "if > 0: use this scene threshold, no noise estimate",
                                    lo=0.0, hi=1000.0, unit="grey levels/px")
@@ -66,7 +70,18 @@ class MatcherConfig:
     cells_per_template: int = param(2, "best coarse anchors kept per kept template", lo=1, hi=64)
     refine_candidates: int = param(48, "candidates kept after each intermediate level",
                                    lo=1, hi=100000)
+    refine_scales: tuple = param((0.9, 0.95, 1.0, 1.05, 1.1), "scales tried on the final "
+                                 "candidates (between the library's distance steps); empty: none")
+    refine_angles_deg: tuple = param((-12.0, -6.0, 0.0, 6.0, 12.0), "in-plane turns tried on "
+                                     "the final candidates", unit="deg")
     fine_spread_weight: float = param(0.6, "level-0 credit for a feature 1 px off", lo=0.0, hi=1.0)
+    fine_score_weight: float = param(0.5, "weight of the level-0 score in the final score (the "
+                                     "rest: mean score of the intermediate levels)", lo=0.0, hi=1.0)
+    specificity_scale: float = param(0.1, "discount of templates whose features share one "
+                                     "orientation (see template_specificity); 0: off", lo=0.0, hi=1.0)
+    depth_scale_tolerance: float = param(0.12, "with depth: a hypothesis whose apparent size "
+                                         "implies a distance off the measured one by more than "
+                                         "this (log ratio) loses score (0: off)", lo=0.0, hi=2.0)
     score_threshold: float = param(0.5, "minimum final score of a hypothesis", lo=0.0, hi=1.0)
     max_detections: int = param(5, "hypotheses returned, best first", lo=1, hi=1000)
     nms_iou: float = param(0.4, "suppress a hypothesis whose box overlaps a better one more",
@@ -83,6 +98,14 @@ class MatcherConfig:
 
     def __post_init__(self):
         self.spread = tuple(int(t) for t in self.spread)
+        self.refine_scales = tuple(float(v) for v in self.refine_scales)
+        self.refine_angles_deg = tuple(float(v) for v in self.refine_angles_deg)
+        if any(not 0.5 <= v <= 2.0 for v in self.refine_scales):
+            raise InputError("refine_scales", "scales in [0.5, 2]", list(self.refine_scales))
+        if self.refine_scales and not self.refine_angles_deg:
+            self.refine_angles_deg = (0.0,)
+        if self.refine_angles_deg and not self.refine_scales:
+            self.refine_scales = (1.0,)
         self.grad_similarity = tuple(float(w) for w in self.grad_similarity)
         self.normal_similarity = tuple(float(w) for w in self.normal_similarity)
         if any(t < 1 or t > 32 for t in self.spread):
@@ -168,6 +191,17 @@ def coarse_pose(template_pose: np.ndarray, x: float, y: float, camera: CameraInt
     return make_pose(R, ray * distance)
 
 
+def _similar_boxes(boxes: np.ndarray, scale: np.ndarray, angle: np.ndarray) -> np.ndarray:
+    """Axis-aligned boxes (x0, y0, x1, y1) around anchor-relative boxes scaled and turned."""
+    b = boxes.astype(np.float64)
+    cx = np.stack([b[:, 0], b[:, 2], b[:, 2], b[:, 0]], 1)
+    cy = np.stack([b[:, 1], b[:, 1], b[:, 3], b[:, 3]], 1)
+    c, s, k = np.cos(angle)[:, None], np.sin(angle)[:, None], scale[:, None]
+    x = k * (c * cx - s * cy)
+    y = k * (s * cx + c * cy)
+    return np.round(np.stack([x.min(1), y.min(1), x.max(1), y.max(1)], 1)).astype(np.int64)
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, keep_max: int) -> np.ndarray:
     """Greedy non-maximum suppression; indices of kept boxes, best first.
 
@@ -201,8 +235,70 @@ class _LevelFeatures:
     chan: torch.Tensor   # (n, F) int64 channel: 0..7 gradient, 8..15 normals, last = zero channel
     dx: torch.Tensor     # (n, F) int64
     dy: torch.Tensor     # (n, F) int64
+    plane: torch.Tensor  # (n, F) int64 modality of each feature (chan // 8)
     count: torch.Tensor  # (n,) float32 number of used features
     reach: int           # max |dx|, |dy| over used features
+
+
+@dataclass
+class _CandFeatures:
+    """Features of each candidate (rows of a level's _LevelFeatures, possibly transformed)."""
+
+    chan: torch.Tensor   # (k, F) int64
+    plane: torch.Tensor  # (k, F) int64
+    dx: torch.Tensor     # (k, F) int64
+    dy: torch.Tensor     # (k, F) int64
+    count: torch.Tensor  # (k,) float32
+    reach: int
+
+    @classmethod
+    def of(cls, f: _LevelFeatures, tid: torch.Tensor) -> _CandFeatures:
+        return cls(f.chan[tid], f.plane[tid], f.dx[tid], f.dy[tid], f.count[tid], f.reach)
+
+    def similar(self, scale: torch.Tensor, angle: torch.Tensor) -> _CandFeatures:
+        """Features of each candidate's template scaled by ``scale`` and turned by ``angle``
+        (radians, image coordinates x right / y down) about the anchor; orientation and normal
+        bins turn with the image. ``scale``, ``angle``: (k,) tensors."""
+        c, s = torch.cos(angle)[:, None], torch.sin(angle)[:, None]
+        dxf, dyf = self.dx.to(torch.float32), self.dy.to(torch.float32)
+        k = scale[:, None]
+        dx = torch.round(k * (c * dxf - s * dyf)).to(torch.int64)
+        dy = torch.round(k * (s * dxf + c * dyf)).to(torch.int64)
+        # A gradient orientation turns with the image (8 bins over 180 deg); a normal's azimuth
+        # too (8 bins over 360 deg). Unused slots (the zero channel) stay where they are.
+        g_shift = torch.round(angle * (fe.N_BINS / math.pi)).to(torch.int64)[:, None]
+        n_shift = torch.round(angle * (fe.N_BINS / (2 * math.pi))).to(torch.int64)[:, None]
+        is_g = self.chan < fe.N_BINS
+        is_n = (self.chan >= fe.N_BINS) & (self.chan < 2 * fe.N_BINS)
+        chan = (is_g * ((self.chan + g_shift) % fe.N_BINS)
+                + is_n * (fe.N_BINS + (self.chan - fe.N_BINS + n_shift) % fe.N_BINS)
+                + ~(is_g | is_n) * self.chan)
+        unused = ~(is_g | is_n)
+        dx, dy = dx * ~unused, dy * ~unused
+        reach = int(math.ceil(self.reach * float(scale.max()))) + 1 if scale.numel() else self.reach
+        return _CandFeatures(chan, self.plane, dx, dy, self.count, reach)
+
+
+def template_specificity(lib: TemplateLibrary, scale: float) -> np.ndarray:
+    """(n,) factor in (0, 1] for each template's score: how specific its orientations are.
+
+    A template whose gradient features nearly all share one orientation (+-1 bin: two
+    parallel lines, e.g. a flat part seen edge-on) fits every elongated structure of a scene
+    as well as the part; measured here it was the commonest false detection. With ``spread``
+    = 1 - (largest fraction of the features within 3 adjacent bins), the factor is
+    ``1 - exp(-spread / scale)``: ~1 for boxes and discs (spread >= 0.3 at scale 0.1), 0.63 at
+    spread 0.1, 0 for a single orientation. ``scale`` 0 disables it (all ones).
+    """
+    n = len(lib)
+    if scale <= 0 or n == 0:
+        return np.ones(n, np.float32)
+    g = lib.grad[0][..., 0]
+    hist = np.stack([(g == b).sum(1) for b in range(fe.N_BINS)], 1).astype(np.float64)
+    frac = hist / np.maximum(hist.sum(1, keepdims=True), 1.0)
+    window = np.stack([frac[:, (b - 1) % fe.N_BINS] + frac[:, b] + frac[:, (b + 1) % fe.N_BINS]
+                       for b in range(fe.N_BINS)], 1).max(1)
+    spread = np.where(hist.sum(1) > 0, 1.0 - window, 1.0)  # no gradient features: neutral
+    return (1.0 - np.exp(-spread / scale)).astype(np.float32)
 
 
 def _level_features(lib: TemplateLibrary, level: int, with_depth: bool, device) -> _LevelFeatures:
@@ -218,7 +314,7 @@ def _level_features(lib: TemplateLibrary, level: int, with_depth: bool, device) 
     r[~used] = (2 * fe.N_BINS if with_depth else fe.N_BINS, 0, 0)
     reach = int(np.abs(r[..., 1:][used]).max()) if used.any() else 0
     t = torch.from_numpy(r).to(device)
-    return _LevelFeatures(chan=t[..., 0], dx=t[..., 1], dy=t[..., 2],
+    return _LevelFeatures(chan=t[..., 0], dx=t[..., 1], dy=t[..., 2], plane=t[..., 0] // fe.N_BINS,
                           count=torch.from_numpy(used.sum(1).astype(np.float32)).to(device),
                           reach=reach)
 
@@ -256,15 +352,21 @@ class Matcher:
         self.levels = library.levels
         self._grad_lut = fe.orientation_similarity_lut(self.config.grad_similarity).to(self.device)
         self._normal_lut = fe.normal_similarity_lut(self.config.normal_similarity).to(self.device)
+        self._grad_lut_u8 = (self._grad_lut * RESPONSE_SCALE).round().to(torch.uint8)
+        self._normal_lut_u8 = (self._normal_lut * RESPONSE_SCALE).round().to(torch.uint8)
         # Half-precision table on the CPU: the accumulation kernel reads half the bytes (sums
         # of <= a few hundred values in [0, 1] keep 3 significant digits).
         self._table_dtype = torch.float16 if self.device.type == "cpu" else torch.float32
         self.timings: dict[str, float] = {}
+        #: Set to a dict to record each level's candidates (level -> tid, y, x, score arrays).
+        self.trace: dict | None = None
         # Level-0 tables by channel (0..7 gradient, 8..15 normals); unused slots read an
         # all-zero bitmask plane, and every table gives 0 for an empty mask.
         self._lut_flat = torch.cat([self._grad_lut, self._normal_lut,
                                     torch.zeros((1, 256), device=self.device)]).reshape(-1)
         self._feats: dict[bool, list[_LevelFeatures]] = {}
+        self._specificity = torch.from_numpy(
+            template_specificity(library, self.config.specificity_scale)).to(self.device)
         self._coarse: dict[bool, tuple] = {}
 
     # -- per-library precomputation ----------------------------------------------------------
@@ -301,7 +403,7 @@ class Matcher:
             return c.fixed_magnitude
         sigma = fe.estimate_noise_sigma(image)
         gain = fe.gradient_noise_gain(self.library.config.blur_order)
-        # The magnitude of pure noise is Rayleigh: its median is 1.18 x the component std.
+        # Pure noise gives a Rayleigh magnitude: P(|g| > k s) = exp(-k^2 / 2), 1 % at k = 3.
         return max(c.min_magnitude, c.noise_factor * gain * sigma)
 
     def _level_bits(self, img: torch.Tensor, dep: torch.Tensor | None, lev: int, threshold: float,
@@ -312,7 +414,8 @@ class Matcher:
         """
         lib_cfg = self.library.config
         gx, gy, mag = fe.color_gradients(img, lib_cfg.blur_order)
-        bits = [fe.quantize_orientations(gx, gy, mag, threshold, lib_cfg.vote_min)]
+        bits = [fe.quantize_orientations(gx, gy, mag, threshold, lib_cfg.vote_min,
+                                         thin=lib_cfg.thin_edges)]
         if dep is not None:
             s = 2.0 ** lev
             nrm = fe.depth_normals(dep, camera.fx / s, camera.fy / s,
@@ -321,15 +424,22 @@ class Matcher:
             bits.append(fe.quantize_normals(nrm, lib_cfg.normal_min_tilt_deg))
         return bits
 
-    def _dense_responses(self, bits: list[torch.Tensor], T: int, pad: int) -> torch.Tensor:
-        """(8 * len(bits) + 1, H + 2 pad, W + 2 pad) float32 spread responses, zero border; the
-        last channel is all zero (read by unused feature slots)."""
+    def _dense_responses(self, bits: list[torch.Tensor], T: int, pad: int,
+                         dtype: torch.dtype) -> torch.Tensor:
+        """(8 * len(bits) + 1, H + 2 pad, W + 2 pad) spread responses, zero border; the last
+        channel is all zero (read by unused feature slots).
+
+        ``torch.uint8`` gives responses scaled by ``RESPONSE_SCALE`` (a quarter of the bytes of
+        float32 to write and gather; similarities are kept to 1/64).
+        """
         H, W = bits[0].shape
-        out = torch.zeros((len(bits) * fe.N_BINS + 1, H + 2 * pad, W + 2 * pad),
+        out = torch.zeros((len(bits) * fe.N_BINS + 1, H + 2 * pad, W + 2 * pad), dtype=dtype,
                           device=bits[0].device)
-        for i, (b, lut) in enumerate(zip(bits, (self._grad_lut, self._normal_lut), strict=False)):
+        luts = (self._grad_lut_u8, self._normal_lut_u8) if dtype == torch.uint8 else \
+            (self._grad_lut, self._normal_lut)
+        for i, (b, lut) in enumerate(zip(bits, luts, strict=False)):
             out[i * fe.N_BINS:(i + 1) * fe.N_BINS, pad:pad + H, pad:pad + W] = \
-                fe.response_maps(fe.spread(b, T), lut)
+                fe.response_maps(fe.spread(b, T), lut, dtype)
         return out
 
     # -- search ---------------------------------------------------------------------------------
@@ -361,40 +471,37 @@ class Matcher:
         return scores, ny, nx, lo
 
     @staticmethod
-    def _anchors(feats: _LevelFeatures, tid, ay, ax, grid, Hp: int, Wp: int, p: int,
-                 plane: int, per_plane: int = 1):
+    def _anchors(cf: _CandFeatures, ay, ax, grid, Hp: int, Wp: int, p: int, plane: int,
+                 by_modality: bool = False):
         """Flat (n_cand, n_grid, F) read positions in (C, Hp, Wp) maps padded by ``p``;
-        feature channel ``c`` reads plane ``c // per_plane``."""
-        ch = feats.chan[tid]
+        feature channel ``c`` reads plane ``c`` (or its modality ``c // 8``)."""
         # Keep every read inside the padded map (anchors beyond it score as the nearest inside).
-        r = feats.reach
+        r = cf.reach
         ay = ay.clamp(r - p - int(grid[:, 0].min()), Hp - p - r - 1 - int(grid[:, 0].max()))
         ax = ax.clamp(r - p - int(grid[:, 1].min()), Wp - p - r - 1 - int(grid[:, 1].max()))
-        foff = (ch // per_plane) * plane + (feats.dy[tid] + p) * Wp + (feats.dx[tid] + p)
+        foff = (cf.plane if by_modality else cf.chan) * plane + (cf.dy + p) * Wp + (cf.dx + p)
         base = (ay[:, None] + grid[None, :, 0]) * Wp + (ax[:, None] + grid[None, :, 1])
         return foff[:, None, :] + base[:, :, None]
 
-    def _refine_dense(self, resp: torch.Tensor, p: int, feats: _LevelFeatures, tid, ay, ax, grid):
-        """Scores (n_cand, n_grid) in [0, 1] of candidates ``tid`` at anchors ``a + grid`` on
-        dense response maps zero-padded by ``p``."""
+    def _refine_dense(self, resp: torch.Tensor, p: int, cf: _CandFeatures, ay, ax, grid):
+        """Scores (n_cand, n_grid) in [0, 1] of the candidates at anchors ``a + grid`` on
+        dense uint8 response maps zero-padded by ``p``."""
         C, Hp, Wp = resp.shape
-        pos = self._anchors(feats, tid, ay, ax, grid, Hp, Wp, p, Hp * Wp)
-        F_ = pos.shape[-1]
-        # Fused gather + sum over each (candidate, anchor)'s features.
-        total = F.embedding_bag(pos.view(-1, F_), resp.view(-1, 1), mode="sum")
-        return total.view(pos.shape[:2]) / feats.count[tid].clamp_min(1.0)[:, None]
+        pos = self._anchors(cf, ay, ax, grid, Hp, Wp, p, Hp * Wp)
+        total = resp.reshape(-1).take(pos).sum(-1, dtype=torch.int32)
+        return total / (RESPONSE_SCALE * cf.count.clamp_min(1.0)[:, None])
 
-    def _refine_soft(self, exact: torch.Tensor, spread: torch.Tensor, p: int,
-                     feats: _LevelFeatures, tid, ay, ax, grid):
+    def _refine_soft(self, exact: torch.Tensor, spread: torch.Tensor, p: int, cf: _CandFeatures,
+                     ay, ax, grid):
         """As :meth:`_refine_dense` on level 0, from bitmasks: similarity through the tables at
         read time, ``max(lut[exact], w * lut[spread 3x3])`` (no full-resolution response maps)."""
         M, Hp, Wp = exact.shape
-        pos = self._anchors(feats, tid, ay, ax, grid, Hp, Wp, p, Hp * Wp, fe.N_BINS)
-        row = (feats.chan[tid] * 256)[:, None, :]
+        pos = self._anchors(cf, ay, ax, grid, Hp, Wp, p, Hp * Wp, by_modality=True)
+        row = (cf.chan * 256)[:, None, :]
         e = self._lut_flat.take(row + exact.reshape(-1).take(pos).long())
         s = self._lut_flat.take(row + spread.reshape(-1).take(pos).long())
         total = torch.maximum(e, s.mul_(self.config.fine_spread_weight)).sum(-1)
-        return total / feats.count[tid].clamp_min(1.0)[:, None]
+        return total / cf.count.clamp_min(1.0)[:, None]
 
     def match(self, rgb, depth=None, camera: CameraIntrinsics | None = None) -> list[Hypothesis]:
         """Detect the library's part in one frame.
@@ -432,27 +539,36 @@ class Matcher:
                ) -> list[Hypothesis]:
         c, lib = self.config, self.library
         feats = self._features(with_depth)
-        thr = self._threshold(image)
         dep = dep if with_depth else None
         L = self.levels - 1
         pyramid = [(image, dep)]
         for _ in range(L):
             img, d = pyramid[-1]
             pyramid.append((fe.downsample_image(img), None if d is None else fe.downsample_depth(d)))
+        # Each level has its own noise (2x2 averaging divides i.i.d. noise by 2), so its own
+        # gradient threshold: coarse levels see low-contrast edges that level 0 cannot.
+        thr = [self._threshold(img) for img, _ in pyramid]
+        self.timings["thresholds"] = thr
 
         # Exhaustive coarse level: every template at every T-th anchor.
         T = c.spread[L]
-        bits = self._level_bits(*pyramid[L], L, thr, camera)
-        scores, ny, nx, lo = self._coarse_scores(self._dense_responses(bits, T, 0), with_depth, T)
-        best = scores.amax(1).float() / feats[L].count.clamp_min(1.0)
+        bits = self._level_bits(*pyramid[L], L, thr[L], camera)
+        scores, ny, nx, lo = self._coarse_scores(
+            self._dense_responses(bits, T, 0, self._table_dtype), with_depth, T)
+        best = scores.amax(1).float() * (self._specificity / feats[L].count.clamp_min(1.0))
         k = min(c.coarse_candidates, len(lib))
         tid = best.topk(k).indices
         kc = min(c.cells_per_template, ny * nx)
         cells = scores[tid].float().topk(kc, dim=1).indices.reshape(-1)
         tid = tid[:, None].expand(k, kc).reshape(-1)
         ay, ax = (cells // nx) * T + lo, (cells % nx) * T + lo
+        self._trace(L, tid, ay, ax, None)
         lo_prev, hi_prev = lo, T - 1 - lo
+        mid_sum = torch.zeros(tid.shape, device=self.device)  # scores of the intermediate levels
 
+        smax = max(c.refine_scales) if c.refine_scales else 1.0
+        sim_scale = torch.ones(tid.shape, device=self.device)
+        sim_angle = torch.zeros(tid.shape, device=self.device)
         for lev in range(L - 1, -1, -1):
             # True anchors at level lev+1 lie in [a - lo_prev, a + hi_prev], so here in
             # [2 (a - lo_prev), 2 (a + hi_prev) + 1]: searched with a margin of half a step.
@@ -463,34 +579,80 @@ class Matcher:
             length = 2 * (lo_prev + hi_prev + 1) + 2 * margin
             steps = torch.arange(lo_l, length, Tl, device=self.device)
             grid = torch.stack(torch.meshgrid(steps, steps, indexing="ij"), -1).reshape(-1, 2)
+            cf = _CandFeatures.of(feats[lev], tid)
+            if lev < L - 1:
+                cf = cf.similar(sim_scale, sim_angle)
             if lev > 0:
-                p = feats[lev].reach + length + 2
-                resp = self._dense_responses(self._level_bits(*pyramid[lev], lev, thr, camera),
-                                             Tl, p)
-                s = self._refine_dense(resp, p, feats[lev], tid, start_y, start_x, grid)
+                p = int(math.ceil(feats[lev].reach * smax)) + length + 4
+                resp = self._dense_responses(self._level_bits(*pyramid[lev], lev, thr[lev], camera),
+                                             Tl, p, torch.uint8)
+                s = self._refine_dense(resp, p, cf, start_y, start_x, grid)
                 score, gi = s.max(1)
                 ay, ax = start_y + grid[gi, 0], start_x + grid[gi, 1]
                 keep = min(c.refine_candidates, score.numel())
                 top = score.topk(keep).indices
                 tid, ay, ax, score = tid[top], ay[top], ax[top], score[top]
+                sim_scale, sim_angle = sim_scale[top], sim_angle[top]
+                if lev == 1 and c.refine_scales:
+                    # The library is discrete (views ~15 deg, distances ~20 %, in-plane steps
+                    # apart): try each survivor scaled and turned about its anchor and keep the
+                    # best, so that the right template is not outscored by a wrong one that
+                    # happens to fit a part of the object more exactly.
+                    score, sim_scale, sim_angle = self._best_similarity(
+                        resp, p, feats[lev], tid, ay, ax, score)
+                mid_sum = mid_sum[top] + score
+                self._trace(lev, tid, ay, ax, score)
                 lo_prev, hi_prev = lo_l, Tl - 1 - lo_l
                 continue
             # Level 0: only the region the remaining candidates can reach is processed.
-            exact, spread, (oy, ox), p = self._roi_bits(pyramid[0], feats[0], start_y, start_x,
-                                                        length, thr, camera)
+            exact, spread, (oy, ox), p = self._roi_bits(pyramid[0], cf.reach, start_y, start_x,
+                                                        length, thr[0], camera)
             sy, sx = start_y - oy, start_x - ox
-            s = self._refine_soft(exact, spread, p, feats[0], tid, sy, sx, grid)
+            s = self._refine_soft(exact, spread, p, cf, sy, sx, grid)
             score, gi = s.max(1)
             ay, ax = sy + grid[gi, 0], sx + grid[gi, 1]
             # Stride-2 search above; finish at pixel precision around the best.
             fine = torch.tensor([[dy, dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)],
                                 device=self.device)
-            s = self._refine_soft(exact, spread, p, feats[0], tid, ay, ax, fine)
+            s = self._refine_soft(exact, spread, p, cf, ay, ax, fine)
             score, gi = s.max(1)
             ay, ax = ay + fine[gi, 0] + oy, ax + fine[gi, 1] + ox
-        return self._finish(tid, ax, ay, score, camera, depth_np)
+            if L > 1:
+                # Level 0 is exact to the pixel, the intermediate levels tolerate the few pixels
+                # by which the nearest template differs from the view: the score blends both.
+                w = c.fine_score_weight
+                score = w * score + (1.0 - w) * mid_sum / (L - 1)
+            score = score * self._specificity[tid]
+        self._trace(0, tid, ay, ax, score)
+        return self._finish(tid, ax, ay, score, sim_scale, sim_angle, camera, depth_np)
 
-    def _roi_bits(self, level0, feats: _LevelFeatures, start_y, start_x, length: int,
+    def _best_similarity(self, resp, p: int, feats: _LevelFeatures, tid, ay, ax, score):
+        """Best (scale, angle) of ``refine_scales`` x ``refine_angles_deg`` for each candidate,
+        scored at its anchor and the 8 neighbours (level-1 pixels) on uint8 responses."""
+        c = self.config
+        sc = torch.tensor(c.refine_scales, device=self.device, dtype=torch.float32)
+        an = torch.tensor(c.refine_angles_deg, device=self.device, dtype=torch.float32) * (math.pi / 180)
+        S, A = torch.meshgrid(sc, an, indexing="ij")
+        S, A = S.reshape(-1), A.reshape(-1)
+        k, m = tid.numel(), S.numel()
+        cf = _CandFeatures.of(feats, tid.repeat_interleave(m)).similar(S.repeat(k), A.repeat(k))
+        near = torch.tensor([[dy, dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], device=self.device)
+        s = self._refine_dense(resp, p, cf, ay.repeat_interleave(m), ax.repeat_interleave(m), near)
+        s = s.amax(1).view(k, m)
+        best, bi = s.max(1)
+        # Keep the plain template unless a similarity does clearly better (ties: the template).
+        better = best > score + 0.5 / RESPONSE_SCALE
+        one, zero = torch.ones_like(score), torch.zeros_like(score)
+        return (torch.where(better, best, score), torch.where(better, S[bi], one),
+                torch.where(better, A[bi], zero))
+
+    def _trace(self, level: int, tid, ay, ax, score) -> None:
+        """Record a stage's candidates when ``self.trace`` is a dict (debugging, benchmarks)."""
+        if self.trace is not None:
+            self.trace[level] = {"tid": tid.cpu().numpy(), "y": ay.cpu().numpy(), "x": ax.cpu().numpy(),
+                                 "score": None if score is None else score.float().cpu().numpy()}
+
+    def _roi_bits(self, level0, reach: int, start_y, start_x, length: int,
                   thr: float, camera: CameraIntrinsics):
         """Level-0 bitmasks (exact and 3x3-spread) of the box every candidate can read.
 
@@ -500,7 +662,7 @@ class Matcher:
         """
         img, dep = level0
         H, W = img.shape[1:]
-        r = feats.reach + 2
+        r = reach + 2
         y0 = max(0, int(start_y.min()) - r)
         x0 = max(0, int(start_x.min()) - r)
         y1 = min(H, int(start_y.max()) + length + r + 1)
@@ -515,7 +677,7 @@ class Matcher:
         bits = self._level_bits(crop, dcrop, 0, thr, camera, cx0, cy0)
         self.timings["roi_px"] = float(crop.shape[1] * crop.shape[2])
         h, w = y1 - y0, x1 - x0
-        p = feats.reach + length + 4
+        p = reach + length + 4
         exact = torch.zeros((len(bits) + 1, h + 2 * p, w + 2 * p), dtype=torch.uint8,
                             device=img.device)
         spread = torch.zeros_like(exact)
@@ -524,53 +686,75 @@ class Matcher:
             spread[i, p:p + h, p:p + w] = fe.spread(b, 3)[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0]
         return exact, spread, (y0, x0), p
 
-    def _finish(self, tid, ax, ay, score, camera, depth_np) -> list[Hypothesis]:
+    def _finish(self, tid, ax, ay, score, sim_scale, sim_angle, camera, depth_np
+                ) -> list[Hypothesis]:
         c, lib = self.config, self.library
         tid = tid.cpu().numpy()
         xy = torch.stack([ax, ay], 1).cpu().numpy().astype(np.int64)
-        score = score.float().cpu().numpy()
+        score = score.float().cpu().numpy().astype(np.float64)
+        sim = torch.stack([sim_scale, sim_angle], 1).float().cpu().numpy().astype(np.float64)
+        d_t = lib.meta[tid, 1]
+        dist = d_t / sim[:, 0]  # the distance the template's apparent size implies
+        if depth_np is not None:
+            measured = self._distances(depth_np, tid, xy, sim, camera)
+            known = np.isfinite(measured)
+            if c.depth_scale_tolerance > 0:
+                # A template that fits at the wrong size (a far view on a part of a near
+                # object) disagrees with the measured depth: fade its score out beyond the
+                # tolerance, to 0 at twice the tolerance.
+                tol = c.depth_scale_tolerance
+                err = np.abs(np.log(dist[known] / measured[known]))
+                score[known] *= np.clip(1.0 - (err - tol) / tol, 0.0, 1.0)
+            dist[known] = measured[known]
         ok = score >= c.score_threshold
-        tid, xy, score = tid[ok], xy[ok], score[ok]
+        tid, xy, score, sim, dist = tid[ok], xy[ok], score[ok], sim[ok], dist[ok]
         # The same template can reach the same anchor from two coarse cells: keep one.
         _, first = np.unique(np.stack([tid, xy[:, 0], xy[:, 1]], 1), axis=0, return_index=True)
-        tid, xy, score = tid[first], xy[first], score[first]
-        boxes = lib.bboxes[tid] + np.concatenate([xy, xy], 1)
+        tid, xy, score, sim, dist = tid[first], xy[first], score[first], sim[first], dist[first]
+        boxes = _similar_boxes(lib.bboxes[tid], sim[:, 0], sim[:, 1]) + np.concatenate([xy, xy], 1)
         keep = nms(boxes, score, c.nms_iou, c.max_detections)
         out = []
         for i in keep:
             t = int(tid[i])
             x, y = int(xy[i, 0]), int(xy[i, 1])
-            _, d_t, _ = lib.meta[t]
-            dist = self._distance(depth_np, t, x, y, camera) if depth_np is not None else None
-            dist = float(d_t) if dist is None else dist
-            T = coarse_pose(lib.poses[t], x, y, camera, dist)
+            a = sim[i, 1]
+            # The in-plane turn found in the image is a turn about the optical axis.
+            ca, sa = math.cos(a), math.sin(a)
+            T_t = make_pose(np.array([[ca, -sa, 0.0], [sa, ca, 0.0], [0.0, 0.0, 1.0]])) @ lib.poses[t]
+            T = coarse_pose(T_t, x, y, camera, float(dist[i]))
             out.append(Hypothesis(template_id=t, x=x, y=y, score=float(score[i]),
-                                  scale=float(d_t) / dist, bbox=tuple(int(v) for v in boxes[i]),
-                                  T_cam_obj=T))
+                                  scale=float(lib.meta[t, 1] / dist[i]),
+                                  bbox=tuple(int(v) for v in boxes[i]), T_cam_obj=T))
         return out
 
-    def _distance(self, depth: np.ndarray, t: int, x: int, y: int, camera: CameraIntrinsics
-                  ) -> float | None:
-        """Distance of the object origin along its ray from the measured depth, or None."""
-        pr = self.library.probes[t]
-        used = pr[:, 2] > 0
-        if not used.any():
-            return None
+    def _distances(self, depth: np.ndarray, tid: np.ndarray, xy: np.ndarray, sim: np.ndarray,
+                   camera: CameraIntrinsics) -> np.ndarray:
+        """(k,) distance of each candidate's object origin along its ray from the measured
+        depth (NaN where fewer than 3 probes see valid depth).
+
+        The template's probe points (moved by the similarity found) read the measured depth;
+        their depths relative to the template's origin do not change with distance.
+        """
+        pr = self.library.probes[tid]                       # (k, P, 3): dx, dy, depth
+        used = pr[..., 2] > 0
+        k_, a = sim[:, 0:1], sim[:, 1:2]
+        ca, sa = np.cos(a), np.sin(a)
+        u = np.round(xy[:, 0:1] + k_ * (ca * pr[..., 0] - sa * pr[..., 1])).astype(np.int64)
+        v = np.round(xy[:, 1:2] + k_ * (sa * pr[..., 0] + ca * pr[..., 1])).astype(np.int64)
         H, W = depth.shape
-        u = np.round(x + pr[used, 0]).astype(np.int64)
-        v = np.round(y + pr[used, 1]).astype(np.int64)
-        inside = (u >= 0) & (u < W) & (v >= 0) & (v < H)
-        if not inside.any():
-            return None
-        z = depth[v[inside], u[inside]]
-        zt = pr[used, 2][inside]
+        inside = used & (u >= 0) & (u < W) & (v >= 0) & (v < H)
+        z = np.where(inside, depth[np.clip(v, 0, H - 1), np.clip(u, 0, W - 1)], 0.0)
         good = z > 0
-        if good.sum() < 3:
-            return None
-        ray = np.array([(x - camera.cx) / camera.fx, (y - camera.cy) / camera.fy, 1.0])
-        rz = 1.0 / np.linalg.norm(ray)
-        _, d_t, _ = self.library.meta[t]
-        return float(d_t + np.median(z[good] / rz - zt[good]))
+        ray = np.stack([(xy[:, 0] - camera.cx) / camera.fx, (xy[:, 1] - camera.cy) / camera.fy,
+                        np.ones(len(xy))], 1)
+        rz = 1.0 / np.linalg.norm(ray, axis=1, keepdims=True)  # cosine of the ray to the axis
+        d_t = self.library.meta[tid, 1][:, None]
+        est = np.where(good, z / rz - (pr[..., 2] - d_t), np.nan)
+        out = np.full(len(tid), np.nan)
+        enough = good.sum(1) >= 3
+        if enough.any():
+            out[enough] = np.nanmedian(est[enough], axis=1)
+        return out
 
 
 def match_templates(library: TemplateLibrary, rgb, depth=None, camera=None,

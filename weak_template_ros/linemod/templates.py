@@ -43,6 +43,8 @@ from weak_template_ros.linemod import features as fe
 
 FORMAT_NAME = "weak_template_ros.linemod.TemplateLibrary"
 FORMAT_VERSION = 1
+#: Bumped whenever feature extraction changes (same config, different features).
+EXTRACTION_VERSION = 2
 #: Feature rows: (bin, dx, dy); bin -1 marks an unused row.
 NO_FEATURE = -1
 
@@ -80,6 +82,8 @@ class TemplateConfig:
                             "(4: Gaussian sigma 1 px); scenes are filtered the same way",
                             lo=0, hi=10)
     vote_min: int = param(5, "3x3 neighbours that must agree on an orientation", lo=5, hi=9)
+    thin_edges: bool = param(True, "keep only gradient maxima across edges (template and scene): "
+                             "suppresses smooth shading of curved clutter")
     strong_magnitude: float = param(8.0, "gradient magnitude for a template feature",
                                     lo=0.0, hi=1000.0, unit="grey levels/px")
     normal_min_tilt_deg: float = param(10.0, "normals closer than this to the viewing axis get "
@@ -164,11 +168,13 @@ def template_poses(view_dirs: np.ndarray, distances, inplane_steps: int
 
 def scattered_selection(xy: np.ndarray, priority: np.ndarray, count: int,
                         min_distance: float | None = None) -> np.ndarray:
-    """Indices of up to ``count`` points, strongest first, no two closer than a distance.
+    """Indices of up to ``count`` points, strongest first, spread out.
 
-    The distance starts at ``min_distance`` (default: the spacing that ``count`` points would
-    have spread evenly over the candidates, as OpenCV's selectScatteredFeatures) and shrinks by
-    a quarter until enough points are kept (or no candidate remains).
+    Greedy passes over the candidates in priority order: a candidate is taken if it is at least
+    the pass's distance from every point taken so far. The first distance is ``min_distance``
+    (default: the spacing of ``count`` points spread evenly along edges two pixels wide, like
+    OpenCV's selectScatteredFeatures); each further pass shrinks it by a quarter, keeping what
+    was taken, until ``count`` points are taken or none is left.
 
     Parameters
     ----------
@@ -179,26 +185,30 @@ def scattered_selection(xy: np.ndarray, priority: np.ndarray, count: int,
     n = len(xy)
     if count <= 0 or n == 0:
         return np.zeros(0, dtype=np.int64)
+    order = np.argsort(-np.asarray(priority, dtype=np.float64), kind="stable")
     if n <= count:
-        return np.argsort(-priority, kind="stable")
-    order = np.argsort(-priority, kind="stable")
+        return order
     pts = np.asarray(xy, dtype=np.float64)[order]
-    dist = float(min_distance) if min_distance is not None else max(1.0, n / count)
-    while True:
-        chosen: list[int] = []
-        free = np.ones(n, dtype=bool)
+    dist = float(min_distance) if min_distance is not None else max(1.0, n / (2.0 * count))
+    nearest2 = np.full(n, np.inf)  # squared distance to the closest taken point
+    taken = np.zeros(n, dtype=bool)
+    chosen: list[int] = []
+    while len(chosen) < count:
         d2 = dist * dist
         i = 0
         while len(chosen) < count:
-            nz = np.flatnonzero(free[i:])
+            nz = np.flatnonzero((nearest2[i:] >= d2) & ~taken[i:])
             if nz.size == 0:
                 break
             i += int(nz[0])
             chosen.append(i)
-            free &= ((pts[:, 0] - pts[i, 0]) ** 2 + (pts[:, 1] - pts[i, 1]) ** 2) >= d2
-        if len(chosen) >= count or dist <= 1.0:
-            return order[np.asarray(chosen, dtype=np.int64)]
+            taken[i] = True
+            np.minimum(nearest2, (pts[:, 0] - pts[i, 0]) ** 2 + (pts[:, 1] - pts[i, 1]) ** 2,
+                       out=nearest2)
+        if dist <= 1.0 or taken.all():
+            break
         dist = max(1.0, dist * 0.75)
+    return order[np.asarray(chosen, dtype=np.int64)]
 
 
 def _level_images(rgb: np.ndarray, depth: np.ndarray, mask: np.ndarray, levels: int):
@@ -253,7 +263,8 @@ def extract_template_features(rgb: np.ndarray, depth: np.ndarray, mask: np.ndarr
         rows = np.full((n_g, 3), NO_FEATURE, dtype=np.int16)
         if n_g > 0:
             gx, gy, mag = fe.color_gradients(img, cfg.blur_order)
-            bits = fe.quantize_orientations(gx, gy, mag, cfg.strong_magnitude, cfg.vote_min).numpy()
+            bits = fe.quantize_orientations(gx, gy, mag, cfg.strong_magnitude, cfg.vote_min,
+                                            thin=cfg.thin_edges).numpy()
             ys, xs = np.nonzero((bits > 0) & near)
             sel = scattered_selection(np.stack([xs, ys], 1), mag.numpy()[ys, xs], n_g)
             b = np.log2(bits[ys[sel], xs[sel]]).astype(np.int16)
@@ -391,7 +402,8 @@ class TemplateLibrary:
             "format": FORMAT_NAME, "version": FORMAT_VERSION,
             "config": cfgmod.to_dict(self.config), "camera": _header_camera(self.camera),
             "model_checksum": self.model_checksum, "model_name": self.model_name,
-            "templates": len(self), "levels": self.levels, "sha256": self._digest(arrays),
+            "extraction_version": EXTRACTION_VERSION, "templates": len(self),
+            "levels": self.levels, "sha256": self._digest(arrays),
             "extra": self.extra,
         }
         buf = io.BytesIO()
@@ -462,7 +474,8 @@ def _model_radius(mesh: trimesh.Trimesh) -> float:
 
 
 def build_templates(model, camera: CameraIntrinsics, cfg: TemplateConfig | None = None,
-                    progress: Callable[[int, int], None] | None = None) -> TemplateLibrary:
+                    progress: Callable[[int, int], None] | None = None,
+                    on_view: Callable | None = None) -> TemplateLibrary:
     """Render and extract every template of a part.
 
     Parameters
@@ -474,6 +487,8 @@ def build_templates(model, camera: CameraIntrinsics, cfg: TemplateConfig | None 
     cfg : TemplateConfig, optional
     progress : callable(done, total), optional
         Called after each template.
+    on_view : callable(index, render_result, anchor_xy), optional
+        Called with every rendered view (e.g. to feed the same views to another matcher).
 
     Returns
     -------
@@ -518,6 +533,8 @@ def build_templates(model, camera: CameraIntrinsics, cfg: TemplateConfig | None 
             deps[lev][i] = f["depth"][lev]
         bboxes[i] = f["bbox"]
         probes[i] = f["probes"]
+        if on_view is not None:
+            on_view(i, out, anchor)
         if progress is not None:
             progress(i + 1, n)
     return TemplateLibrary(config=cfg, camera=camera, model_checksum=model.checksum,
