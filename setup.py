@@ -32,6 +32,7 @@ setup(
         "console_scripts": [
             "weak-template = weak_template_ros.cli:main",
             "twin_camera = weak_template_ros.ros.twin_camera:main",
+            "pose_estimator = weak_template_ros.ros.pose_estimator:main",
         ],
     },
 )
