@@ -33,6 +33,9 @@ setup(
             "weak-template = weak_template_ros.cli:main",
             "twin_camera = weak_template_ros.ros.twin_camera:main",
             "pose_estimator = weak_template_ros.ros.pose_estimator:main",
+            "aligner = weak_template_ros.ros.aligner:main",
+            "twin_stage = weak_template_ros.ros.twin_stage:main",
+            "alignment_controller = weak_template_ros.ros.alignment_controller:main",
         ],
     },
 )
