@@ -32,10 +32,11 @@ have changed); a failure leaves the old template in force and says why. Setting 
 ``template_path`` parameter loads the new file (refused, old template kept, when it cannot be
 read or prepared).
 
-Parameters: every field of :class:`~weak_template_ros.align.AlignerConfig` under its own name
-(``motion``, ``max_shift``, ...; the names of ``config/aligner.yaml`` and the CLI), plus
-:class:`AlignerNodeConfig` (``template_path``, ``roi_*``, ``target_*``, ``calibration.*``, frames,
-QoS). A change that makes the template unusable (e.g. a margin too big) is refused.
+Parameters: :class:`AlignerNodeConfig`: every field of :class:`~weak_template_ros.align.AlignerConfig`
+as ``aligner.<name>`` (``aligner.motion``, ``aligner.max_shift``, ...; the names of
+``config/aligner.yaml`` and the CLI), plus ``template_path``, ``roi_*``, ``target_*``,
+``calibration.*`` (the nominal :class:`~weak_template_ros.align.Calibration`), frames and QoS. A
+change that makes the template unusable is refused with the reason; the old values stay.
 
 Console script: ``aligner = weak_template_ros.ros.aligner:main``.
 """
@@ -73,7 +74,7 @@ from weak_template_ros.ros.conversions import (
 )
 from weak_template_ros.ros.diagnostics import NodeDiagnostics
 from weak_template_ros.ros.node_main import node_main
-from weak_template_ros.ros.params import ConfigParameters, parameter_names
+from weak_template_ros.ros.params import ConfigParameters
 from weak_template_ros.ros.qos import image_qos, result_qos
 
 IMAGE_TOPIC = "camera/image_raw"
@@ -98,8 +99,10 @@ RESULT_LABEL = ",".join(RESULT_FIELDS)
 
 @dataclass
 class AlignerNodeConfig:
-    """The aligner node's own parameters (the aligner's are :class:`AlignerConfig`'s)."""
+    """Parameters of the aligner node (same names as its ROS parameters): the aligner's own
+    (:class:`AlignerConfig`, as ``aligner.<name>``) and the node's."""
 
+    aligner: AlignerConfig = field(default_factory=AlignerConfig)
     template_path: str = param("", "golden template image (PNG/TIFF, 8 or 16 bit, gray or colour); "
                                "empty: none yet (images are dropped)")
     roi_x: int = param(0, "region of interest, left column (full image when roi_width is 0)", lo=0,
@@ -123,11 +126,6 @@ class AlignerNodeConfig:
                                    "at start)", choices=("best_effort", "reliable"))
     image_queue_depth: int = param(1, "QoS keep-last depth of the image subscription (fixed at start)",
                                    lo=1, hi=100)
-
-
-def declared_parameter_names() -> list[str]:
-    """Every parameter the aligner node declares (for launch-file checks)."""
-    return parameter_names(AlignerConfig) + parameter_names(AlignerNodeConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -339,17 +337,13 @@ class AlignerNode(Node):
         self._busy = threading.Lock()  # held while an image is measured
         self._closing = False
         self._template: LoadedTemplate | None = None
-        self._candidates: dict[str, tuple[object, LoadedTemplate | None]] = {}
-        self._node_params: ConfigParameters | None = None
-        self._align_params: ConfigParameters | None = None
-        self._align_params = ConfigParameters(self, AlignerConfig, check=self._check_aligner,
-                                              on_change=self._on_aligner_change)
-        self._node_params = ConfigParameters(self, AlignerNodeConfig,
-                                             read_only=("image_reliability", "image_queue_depth"),
-                                             check=self._check_node, on_change=self._on_node_change)
-        self._template = self._take_candidate("node", self.node_config)
-        self._candidates.clear()
-        cfg = self.node_config
+        self._candidate: tuple[AlignerNodeConfig, LoadedTemplate | None] | None = None
+        self._params: ConfigParameters | None = None
+        self._params = ConfigParameters(self, AlignerNodeConfig,
+                                        read_only=("image_reliability", "image_queue_depth"),
+                                        check=self._check, on_change=self._on_change)
+        self._template = self._take_candidate(self.config)
+        cfg = self.config
         self.diagnostics = NodeDiagnostics(self, hardware_id="weak_template_ros mark aligner")
         self.found_total = 0
         self.not_found_total = 0
@@ -371,14 +365,9 @@ class AlignerNode(Node):
 
     # -- configuration ----------------------------------------------------------------------------
     @property
-    def config(self) -> AlignerConfig:
-        """The AlignerConfig in force."""
-        return self._align_params.config
-
-    @property
-    def node_config(self) -> AlignerNodeConfig:
-        """The node's own parameters in force."""
-        return self._node_params.config
+    def config(self) -> AlignerNodeConfig:
+        """The configuration in force (``config.aligner``: the AlignerConfig)."""
+        return self._params.config
 
     @property
     def template(self) -> LoadedTemplate | None:
@@ -386,45 +375,31 @@ class AlignerNode(Node):
         with self._lock:
             return self._template
 
-    def _check_aligner(self, cfg: AlignerConfig) -> None:
-        tpl = self.template
-        self._candidates["aligner"] = (cfg, None if tpl is None else with_config(tpl, cfg))
-
-    def _check_node(self, cfg: AlignerNodeConfig) -> None:
-        old = None if self._node_params is None else self._node_params.config
-        if old is not None and old.template_path == cfg.template_path:
+    def _check(self, cfg: AlignerNodeConfig) -> None:
+        """Load / prepare the template a new config asks for; InputError refuses the config."""
+        old = None if self._params is None else self._params.config
+        if old is not None and old.template_path == cfg.template_path and old.aligner == cfg.aligner:
             return
-        tpl = load_template(cfg.template_path, self.config) if cfg.template_path else None
-        self._candidates["node"] = (cfg, tpl)
+        if old is not None and old.template_path == cfg.template_path:
+            tpl = self.template
+            tpl = None if tpl is None else with_config(tpl, cfg.aligner)
+        else:
+            tpl = load_template(cfg.template_path, cfg.aligner) if cfg.template_path else None
+        self._candidate = (cfg, tpl)
 
-    def _take_candidate(self, key: str, cfg) -> LoadedTemplate | None:
-        """The template checked for ``cfg``, prepared with the AlignerConfig now in force."""
-        cand = self._candidates.pop(key, None)
-        if cand is None or cand[0] is not cfg:
+    def _take_candidate(self, cfg: AlignerNodeConfig) -> LoadedTemplate | None:
+        if self._candidate is None or self._candidate[0] is not cfg:
             raise RuntimeError("parameter change committed without its checked template")
-        tpl = cand[1]
-        if tpl is not None and tpl.prepared.config != self.config:
-            # Aligner and template parameters changed in one call: each was checked on its own.
-            tpl = with_config(tpl, self.config)
+        tpl = self._candidate[1]
+        self._candidate = None
         return tpl
 
-    def _install(self, key: str, cfg) -> None:
-        try:
-            tpl = self._take_candidate(key, cfg)
-        except InputError as e:  # only when two changes checked apart do not fit together
-            self.diagnostics.error(f"template not updated: {e}")
-            return
-        with self._lock:
-            self._template = tpl
-        self._show_template()
-
-    def _on_aligner_change(self, old, new: AlignerConfig, names: set[str]) -> None:
-        self._install("aligner", new)
-        self.get_logger().info(f"aligner parameters changed: {sorted(names)}")
-
-    def _on_node_change(self, old: AlignerNodeConfig, new: AlignerNodeConfig, names: set[str]) -> None:
-        if old.template_path != new.template_path:
-            self._install("node", new)
+    def _on_change(self, old: AlignerNodeConfig, new: AlignerNodeConfig, names: set[str]) -> None:
+        if old.template_path != new.template_path or old.aligner != new.aligner:
+            tpl = self._take_candidate(new)
+            with self._lock:
+                self._template = tpl
+            self._show_template()
         self.get_logger().info(f"parameters changed: {sorted(names)}")
 
     def _show_template(self) -> None:
@@ -433,12 +408,13 @@ class AlignerNode(Node):
             self.diagnostics.set_value("template", tpl.path if tpl else "")
 
     def _on_reload(self, request, response):
-        path = self.node_config.template_path
+        cfg = self.config
+        path = cfg.template_path
         if not path:
             response.success, response.message = False, "template_path is empty"
             return response
         try:
-            tpl = load_template(path, self.config)
+            tpl = load_template(path, cfg.aligner)
         except InputError as e:
             self.diagnostics.error(f"reload_template: {e}")
             response.success, response.message = False, str(e)
@@ -464,7 +440,7 @@ class AlignerNode(Node):
             super().destroy_node()
 
     def _measure(self, msg: Image) -> None:
-        cfg = self.node_config
+        cfg = self.config
         tpl = self.template
         with self.diagnostics.stage("convert"):
             full = image_to_intensity(msg, self.subscription.topic_name)

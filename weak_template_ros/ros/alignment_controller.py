@@ -29,9 +29,10 @@ Publishes:
 Services (std_srvs/Trigger): ``~/start`` (start a new run; restarts a running one), ``~/stop``.
 With ``autostart`` a run starts with the node.
 
-Parameters: :class:`~weak_template_ros.align.closed_loop.LoopConfig` under its own names
-(``max_moves``, ``done_px``, ``done_theta``, ``fine_below_px``, ``fine_frames``, ``backlash_*``,
-``mark_offset_*``; read at the start of each run) plus :class:`ControllerNodeConfig`.
+Parameters: :class:`ControllerNodeConfig`: :class:`~weak_template_ros.align.closed_loop.LoopConfig`
+as ``loop.<name>`` (``loop.max_moves``, ``loop.done_px``, ``loop.done_theta``,
+``loop.fine_below_px``, ``loop.fine_frames``, ``loop.backlash_*``, ``loop.mark_offset_*``; read at
+the start of each run), ``autostart``, timeouts, ``not_found_limit``, ``stage_frame``.
 
 Console script: ``alignment_controller = weak_template_ros.ros.alignment_controller:main``.
 """
@@ -56,7 +57,7 @@ from weak_template_ros.ros.aligner import RESULT_TOPIC, planar_transform, result
 from weak_template_ros.ros.conversions import stamp_to_ns
 from weak_template_ros.ros.diagnostics import ERROR, OK, WARN, NodeDiagnostics
 from weak_template_ros.ros.node_main import node_main
-from weak_template_ros.ros.params import ConfigParameters, parameter_names
+from weak_template_ros.ros.params import ConfigParameters
 from weak_template_ros.ros.qos import latched_qos, result_qos
 from weak_template_ros.ros.twin_stage import MOVE_TOPIC, MOVED_TOPIC
 
@@ -130,8 +131,10 @@ class LoopController:
 
 @dataclass
 class ControllerNodeConfig:
-    """The controller node's own parameters (the loop's are :class:`LoopConfig`'s)."""
+    """Parameters of the alignment_controller node: the loop's (:class:`LoopConfig`, as
+    ``loop.<name>``, read at the start of each run) and the node's."""
 
+    loop: LoopConfig = field(default_factory=LoopConfig)
     autostart: bool = param(True, "start an alignment run when the node starts (else: call ~/start)")
     measure_timeout_s: float = param(15.0, "a run fails when no usable measurement arrives for this "
                                      "long", lo=0.1, hi=3600.0, unit="s")
@@ -141,11 +144,6 @@ class ControllerNodeConfig:
     stage_frame: str = param("stage", "frame_id of stage/move")
 
 
-def declared_parameter_names() -> list[str]:
-    """Every parameter the alignment_controller node declares (for launch-file checks)."""
-    return parameter_names(LoopConfig) + parameter_names(ControllerNodeConfig)
-
-
 class AlignmentControllerNode(Node):
     """The alignment_controller node (see the module docstring)."""
 
@@ -153,8 +151,7 @@ class AlignmentControllerNode(Node):
         super().__init__(node_name, **kwargs)
         self._lock = threading.RLock()
         self._closing = False
-        self._loop_params = ConfigParameters(self, LoopConfig)
-        self._node_params = ConfigParameters(self, ControllerNodeConfig)
+        self._params = ConfigParameters(self, ControllerNodeConfig)
         self.diagnostics = NodeDiagnostics(self, hardware_id="weak_template_ros alignment loop")
         self.run = 0
         self.state = "idle"
@@ -174,30 +171,27 @@ class AlignmentControllerNode(Node):
         self.create_service(Trigger, START_SERVICE, self._on_start)
         self.create_service(Trigger, STOP_SERVICE, self._on_stop)
         self._timer = self.create_timer(0.1, self._on_timer)
-        if self.node_config.autostart:
+        if self.config.autostart:
             self.start()
         else:
             self._publish_status()
 
     @property
-    def loop_config(self) -> LoopConfig:
-        return self._loop_params.config
-
-    @property
-    def node_config(self) -> ControllerNodeConfig:
-        return self._node_params.config
+    def config(self) -> ControllerNodeConfig:
+        """The configuration in force."""
+        return self._params.config
 
     # -- runs -------------------------------------------------------------------------------------
     def start(self) -> str:
         """Start a new run (a running one is abandoned); returns a sentence saying so."""
         with self._lock:
             self.run += 1
-            self.loop = LoopController(self.loop_config)
+            self.loop = LoopController(self.config.loop)
             self._frames, self._frames_total, self._not_found = [], 0, 0
             self._since_ns = self.get_clock().now().nanoseconds
             self._pending_id, self._pending_cmd = "", None
             self.reason = ""
-            self._set_state("measuring", self.node_config.measure_timeout_s)
+            self._set_state("measuring", self.config.measure_timeout_s)
             text = f"run {self.run} started"
         self.get_logger().info(text)
         self._publish_status()
@@ -235,14 +229,14 @@ class AlignmentControllerNode(Node):
             if r["found"] < 0.5:
                 self._not_found += 1
                 self.diagnostics.drop("not_found")
-                if self._not_found >= self.node_config.not_found_limit:
+                if self._not_found >= self.config.not_found_limit:
                     self._finish("failed", f"mark not found in {self._not_found} images in a row")
                 return
             self._not_found = 0
             self._frames.append([r[k] for k in MEASUREMENT_FIELDS])
             self._frames_total += 1
             self.diagnostics.frame()
-            self._set_state("measuring", self.node_config.measure_timeout_s)
+            self._set_state("measuring", self.config.measure_timeout_s)
             if len(self._frames) < self.loop.frames_needed:
                 return
             decision = self.loop.decide(self._frames)
@@ -256,7 +250,7 @@ class AlignmentControllerNode(Node):
             else:
                 self._pending_cmd = decision.command
                 self._pending_id = f"run{self.run}_move{self.loop.moves}"
-                self._set_state("moving", self.node_config.move_timeout_s)
+                self._set_state("moving", self.config.move_timeout_s)
                 self._send_move()
                 self._publish_status()
 
@@ -267,7 +261,7 @@ class AlignmentControllerNode(Node):
             return  # no stage listening yet: a relative move must not be lost (the timer retries)
         x, y, th = self._pending_cmd
         self.move_publisher.publish(planar_transform(x, y, th, self.get_clock().now().to_msg(),
-                                                     self.node_config.stage_frame, self._pending_id))
+                                                     self.config.stage_frame, self._pending_id))
         self._pending_cmd = None
         self.diagnostics.set_value("moves", self.loop.moves)
 
@@ -278,7 +272,7 @@ class AlignmentControllerNode(Node):
                 return  # an old acknowledgement (transient local) or someone else's move
             self._since_ns = stamp_to_ns(msg.header.stamp)
             self._frames = []
-            self._set_state("measuring", self.node_config.measure_timeout_s)
+            self._set_state("measuring", self.config.measure_timeout_s)
 
     def _on_timer(self) -> None:
         with self._lock:
