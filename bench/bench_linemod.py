@@ -45,6 +45,7 @@ import torch
 from weak_template_ros import viz
 from weak_template_ros.camera import CameraIntrinsics
 from weak_template_ros.config import to_dict
+from weak_template_ros.errors import InputError
 from weak_template_ros.linemod import Matcher, MatcherConfig, TemplateConfig, TemplateLibrary, build_templates
 from weak_template_ros.linemod.matcher import nms
 from weak_template_ros.linemod.templates import EXTRACTION_VERSION
@@ -120,8 +121,8 @@ def subset_indices(n: int, k: int) -> np.ndarray:
 def build_libraries(models: dict, camera: CameraIntrinsics, cfg: TemplateConfig, timing_family: str,
                     counts: tuple) -> tuple[dict, dict, dict]:
     """Ours and OpenCV's libraries for every part (cached), plus timing subsets of one part."""
-    key = hashlib.sha256(json.dumps([to_dict(cfg), camera.K.tolist(), camera.shape, cv2.__version__,
-                                     list(counts), EXTRACTION_VERSION], sort_keys=True).encode()).hexdigest()[:12]
+    desc = [to_dict(cfg), camera.K.tolist(), camera.shape, cv2.__version__, list(counts), EXTRACTION_VERSION]
+    key = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:12]
     folder = WORK / f"libs_{key}"
     ours, cvs, timing = {}, {}, {}
     for obj_id, model in models.items():
@@ -136,7 +137,8 @@ def build_libraries(models: dict, camera: CameraIntrinsics, cfg: TemplateConfig,
             print(f"  {fam}: cached ({len(ours[obj_id])} templates)", flush=True)
             continue
         n_total = len(cfg.distances) * cfg.inplane_steps * _n_views(cfg)
-        members = {k: set(subset_indices(n_total, k).tolist()) for k in counts} if fam == timing_family else {}
+        members = ({k: set(subset_indices(n_total, k).tolist()) for k in counts}
+                   if fam == timing_family else {})
         cv_all = CvLibrary(f"{fam}_all")
         cv_sub = {k: CvLibrary(f"{fam}_n{k}") for k in members}
 
@@ -176,13 +178,20 @@ def make_frames(models: dict, contrast: float, scenes: int, frames_per_scene: in
     """Frames of ``scenes`` scenes: the first half without occluder, the second half with an
     occluder hiding 20-30 % of the first part."""
     out = []
-    half = scenes // 2
-    for scene_id in range(scenes):
-        occluded = scene_id >= half
+    made, scene_id = 0, 0
+    while made < scenes:
+        occluded = made >= scenes // 2
         spec = SceneSpec(frames_per_scene=frames_per_scene, contrast=contrast,
                          occlusion_min=0.2 if occluded else 0.0, occlusion_max=0.3 if occluded else 0.0)
-        for f in iter_scene_frames(models, spec, seed, scene_id):
-            out.append(f)
+        try:
+            frames = list(iter_scene_frames(models, spec, seed, scene_id))
+        except InputError as exc:  # no room to place every part: the generator's next scene
+            print(f"  scene {scene_id} skipped: {exc}", flush=True)
+            scene_id += 1
+            continue
+        out.extend(frames)
+        made += 1
+        scene_id += 1
     return out
 
 
@@ -307,7 +316,8 @@ def draw_examples(examples: list, path: Path) -> None:
         img = ex["rgb"].copy()
         img = viz.draw_box(img, _xywh(ex["gt"]), col=(0, 255, 0), label="truth")
         if ex["ours"] is not None:
-            img = viz.draw_box(img, _xywh(ex["ours"][1]), col=(255, 200, 0), label=f"ours {ex['ours'][0]:.2f}")
+            img = viz.draw_box(img, _xywh(ex["ours"][1]), col=(255, 200, 0),
+                               label=f"ours {ex['ours'][0]:.2f}")
         if ex["cv"] is not None:
             img = viz.draw_box(img, _xywh(ex["cv"][1]), col=(255, 0, 255), label=f"OpenCV {ex['cv'][0]:.2f}")
         tiles.append(viz.label(img, ex["title"]))
@@ -355,7 +365,8 @@ def _load() -> str:
 def _cpu() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        name = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "")
+        name = next((ln.split(":", 1)[1].strip() for ln in out.splitlines()
+                     if ln.startswith("Model name")), "")
         return f"{name}, {os.cpu_count()} cores"
     except OSError:
         return f"{platform.processor()}, {os.cpu_count()} cores"
@@ -372,7 +383,8 @@ def write_markdown(result: dict, path: Path) -> None:
          f"({r['library']['views']} viewpoints on the sphere x {len(r['library']['config']['distances'])} "
          f"distances x {r['library']['config']['inplane_steps']} in-plane angles), rendered once and given "
          f"to both. OpenCV: `getDefaultLINE()` (63 features per level, T = [5, 8]), refused "
-         f"{r['library']['opencv_refused']} of them. Ours: {r['library']['config']['grad_features']} gradient "
+         f"{r['library']['opencv_refused']} of them. Ours: {r['library']['config']['grad_features']} "
+         "gradient "
          f"and {r['library']['config']['depth_features']} normal features per level (finest first).", "",
          "## Match time, 640x480 (median per frame)", "",
          "| templates | OpenCV [ms] | ours RGB 1 thread [ms] | ours RGB 2 threads [ms] | ratio 1t | ratio 2t "
@@ -449,7 +461,8 @@ def main() -> None:
         return
 
     print("test set...", flush=True)
-    frames = {name: make_frames(models, c, scenes, args.frames_per_scene, seed=3) for name, c in CONTRASTS.items()}
+    frames = {name: make_frames(models, c, scenes, args.frames_per_scene, seed=3)
+              for name, c in CONTRASTS.items()}
 
     print("detection...", flush=True)
     matchers = {i: Matcher(lib, MatcherConfig(device="cpu", score_threshold=OURS_SWEEP_MIN,
@@ -476,18 +489,21 @@ def main() -> None:
                     q[k] = [(float(s), iou(b, gt)) for s, b in hyps]
                 queries.append(q)
                 if obj is f.objects[0] and fi in (0, len(frs) - 1) and len(examples) < 6:
-                    examples.append({"rgb": f.rgb, "gt": gt, "title": f"{name} contrast, {models[obj.obj_id].name}, "
+                    examples.append({"rgb": f.rgb, "gt": gt,
+                                     "title": f"{name} contrast, {models[obj.obj_id].name}, "
                                      f"visible {q['visib']:.0%}",
-                                     "ours": next(((s, b) for s, b in res["ours_rgb"] if s >= ours_thr), None),
+                                     "ours": next(((s, b) for s, b in res["ours_rgb"] if s >= ours_thr),
+                                                  None),
                                      "cv": next(((s, b) for s, b in res["opencv"]
                                                  if s >= args.opencv_threshold / 100), None)})
         n_queries += len(queries)
         n_img = len(frs)
+        fams = {f"family {models[i].name}": [q for q in queries if q["obj_id"] == i] for i in models}
         groups = {"all": queries,
                   "unoccluded (visible >= 95 %)": [q for q in queries if q["visib"] >= 0.95],
                   "occluded 5-20 %": [q for q in queries if 0.8 <= q["visib"] < 0.95],
                   "occluded 20-30 %": [q for q in queries if 0.7 <= q["visib"] < 0.8],
-                  "occluded > 30 %": [q for q in queries if q["visib"] < 0.7]}
+                  "occluded > 30 %": [q for q in queries if q["visib"] < 0.7], **fams}
         thr = {"opencv": args.opencv_threshold / 100, "ours_rgb": ours_thr, "ours_rgbd": ours_thr}
         out = {"contrast": CONTRASTS[name], "frames": n_img, "groups": {}, "curves": {}}
         for g, qs in groups.items():
@@ -515,18 +531,21 @@ def main() -> None:
     vlow = recall["very_low"]["recall_at_fppi"]
     targets = [
         "time ratio ours/OpenCV <= 1.5 (aim 1.0): " + ", ".join(
-            f"{t['templates']}: {t['ratio_1t']:.2f} (1 thread) / {t['ratio_2t']:.2f} (2 threads)" for t in timing),
+            f"{t['templates']}: {t['ratio_1t']:.2f} (1 thread) / {t['ratio_2t']:.2f} (2 threads)"
+            for t in timing),
         f"recall >= 98 % unoccluded, normal contrast: ours RGB "
         f"{normal['unoccluded (visible >= 95 %)']['ours_rgb']['recall']:.3f}, RGB-D "
         f"{normal['unoccluded (visible >= 95 %)']['ours_rgbd']['recall']:.3f} (OpenCV "
         f"{normal['unoccluded (visible >= 95 %)']['opencv']['recall']:.3f})",
         f"recall >= 90 % at 20-30 % occlusion, normal contrast: ours RGB "
         f"{normal['occluded 20-30 %']['ours_rgb']['recall']:.3f}, RGB-D "
-        f"{normal['occluded 20-30 %']['ours_rgbd']['recall']:.3f} (OpenCV {normal['occluded 20-30 %']['opencv']['recall']:.3f})",
+        f"{normal['occluded 20-30 %']['ours_rgbd']['recall']:.3f} "
+        f"(OpenCV {normal['occluded 20-30 %']['opencv']['recall']:.3f})",
         "very low contrast, recall at equal FP/image (0.5 / 1 / 2): ours RGB "
         + " / ".join(f"{vlow[k]['ours_rgb']:.3f}" for k in ("0.5", "1.0", "2.0")) + ", OpenCV "
         + " / ".join(f"{vlow[k]['opencv']:.3f}" for k in ("0.5", "1.0", "2.0")),
-        f"sub-linear cost growth: x{growth['ours_rgb_1t']:.2f} for x{growth['to'] / growth['from']:.0f} templates "
+        f"sub-linear cost growth: x{growth['ours_rgb_1t']:.2f} for x{growth['to'] / growth['from']:.0f} "
+        "templates "
         f"(OpenCV x{growth['opencv']:.2f})",
     ]
     _ = mid

@@ -223,3 +223,13 @@ def test_cli_build_and_detect(part, tmp_path):
     res = runner.invoke(app, ["detect", "--templates", str(lib_path), "--rgb", str(tmp_path / "rgb.png"),
                               "--model", str(other)])
     assert res.exit_code == 2 and "model checksum: expected" in " ".join(res.output.split())
+
+
+def test_shipped_config_matches_the_defaults():
+    from pathlib import Path
+
+    from weak_template_ros.config import load_yaml, to_dict
+
+    path = Path(__file__).resolve().parents[1] / "config" / "linemod.yaml"
+    assert to_dict(load_yaml(TemplateConfig, path, "templates")) == to_dict(TemplateConfig())
+    assert to_dict(load_yaml(MatcherConfig, path, "matcher")) == to_dict(MatcherConfig())

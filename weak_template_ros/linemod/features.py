@@ -299,28 +299,37 @@ def quantize_orientations(gx: torch.Tensor, gy: torch.Tensor, magnitude: torch.T
     bins = torch.floor(angle * (N_BINS / math.pi)).to(torch.int32).bitwise_and_(N_BINS - 1)
     packed = torch.bitwise_left_shift(torch.ones_like(bins), bins * 4)
     counts = _box3_sum(packed)
-    top = (counts + (8 - vote_min) * _NIBBLE_ONES).bitwise_right_shift_(3).bitwise_and_(_NIBBLE_ONES)
+    H, W = magnitude.shape
+    # Everything below is evaluated only at the pixels above the threshold (a few percent).
+    idx = torch.nonzero((magnitude > threshold).reshape(-1)).squeeze(1)
+    top = counts.reshape(-1)[idx]
+    top = (top + (8 - vote_min) * _NIBBLE_ONES).bitwise_right_shift_(3).bitwise_and_(_NIBBLE_ONES)
     top = (top | (top >> 3)) & 0x03030303
     top = (top | (top >> 6)) & 0x000F000F
     top = (top | (top >> 12)) & 0xFF
-    keep = magnitude > threshold
     if thin:
-        keep &= _across_edge_maximum(magnitude, bins)
-    return (top * keep).to(torch.uint8)
+        top = top * _across_edge_maximum(magnitude, bins, idx)
+    out = torch.zeros(H * W, dtype=torch.uint8, device=magnitude.device)
+    out[idx] = top.to(torch.uint8)
+    return out.view(H, W)
 
 
-def _across_edge_maximum(mag: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    """True where ``mag`` is >= its neighbour ahead and > its neighbour behind along the
-    gradient (4 directions from the 8 bins); plateaus (linear shading) keep nothing."""
+# Neighbour ahead along the gradient for the 4 directions of _across_edge_maximum: (dy, dx).
+_AHEAD = ((0, 1), (1, 1), (1, 0), (1, -1))
+
+
+def _across_edge_maximum(mag: torch.Tensor, bins: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """For the flat pixel indices ``idx``: True where ``mag`` is >= its neighbour ahead and >
+    its neighbour behind along the gradient (4 directions from the 8 bins); plateaus (linear
+    shading) keep nothing. Pixels outside the image count as 0."""
     H, W = mag.shape
-    m = _pad_zero(mag, 1)
-    cls = ((bins + 1) & (N_BINS - 1)) >> 1  # 0: horizontal, 1: diagonal, 2: vertical, 3: anti
-    ahead = (m[1:H + 1, 2:], m[2:, 2:], m[2:, 1:W + 1], m[2:, :W])
-    behind = (m[1:H + 1, :W], m[:H, :W], m[:H, 1:W + 1], m[:H, 2:])
-    out = torch.zeros((H, W), dtype=torch.bool, device=mag.device)
-    for c in range(4):
-        out |= (cls == c) & (mag >= ahead[c]) & (mag > behind[c])
-    return out
+    m = _pad_zero(mag, 1).reshape(-1)
+    Wp = W + 2
+    cls = ((bins.reshape(-1)[idx] + 1) & (N_BINS - 1)) >> 1  # 0: horiz., 1: diag., 2: vert., 3: anti
+    step = torch.tensor([dy * Wp + dx for dy, dx in _AHEAD], device=mag.device)[cls]
+    centre = (idx // W + 1) * Wp + (idx % W + 1)
+    v = m[centre]
+    return (v >= m[centre + step]) & (v > m[centre - step])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -70,6 +70,7 @@ class MatcherConfig:
     cells_per_template: int = param(2, "best coarse anchors kept per kept template", lo=1, hi=64)
     refine_candidates: int = param(48, "candidates kept after each intermediate level",
                                    lo=1, hi=100000)
+    fine_candidates: int = param(32, "candidates refined at full resolution", lo=1, hi=100000)
     refine_scales: tuple = param((0.9, 0.95, 1.0, 1.05, 1.1), "scales tried on the final "
                                  "candidates (between the library's distance steps); empty: none")
     refine_angles_deg: tuple = param((-12.0, -6.0, 0.0, 6.0, 12.0), "in-plane turns tried on "
@@ -601,6 +602,12 @@ class Matcher:
                     score, sim_scale, sim_angle = self._best_similarity(
                         resp, p, feats[lev], tid, ay, ax, score)
                 mid_sum = mid_sum[top] + score
+                if lev == 1:
+                    # Only the best go on to full resolution: a smaller region to process.
+                    keep = min(c.fine_candidates, score.numel())
+                    top = score.topk(keep).indices
+                    tid, ay, ax, score, mid_sum = tid[top], ay[top], ax[top], score[top], mid_sum[top]
+                    sim_scale, sim_angle = sim_scale[top], sim_angle[top]
                 self._trace(lev, tid, ay, ax, score)
                 lo_prev, hi_prev = lo_l, Tl - 1 - lo_l
                 continue
@@ -628,7 +635,7 @@ class Matcher:
 
     def _best_similarity(self, resp, p: int, feats: _LevelFeatures, tid, ay, ax, score):
         """Best (scale, angle) of ``refine_scales`` x ``refine_angles_deg`` for each candidate,
-        scored at its anchor and the 8 neighbours (level-1 pixels) on uint8 responses."""
+        scored at its anchor on uint8 responses (spread over T: tolerant to a few pixels)."""
         c = self.config
         sc = torch.tensor(c.refine_scales, device=self.device, dtype=torch.float32)
         an = torch.tensor(c.refine_angles_deg, device=self.device, dtype=torch.float32) * (math.pi / 180)
@@ -636,9 +643,9 @@ class Matcher:
         S, A = S.reshape(-1), A.reshape(-1)
         k, m = tid.numel(), S.numel()
         cf = _CandFeatures.of(feats, tid.repeat_interleave(m)).similar(S.repeat(k), A.repeat(k))
-        near = torch.tensor([[dy, dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], device=self.device)
-        s = self._refine_dense(resp, p, cf, ay.repeat_interleave(m), ax.repeat_interleave(m), near)
-        s = s.amax(1).view(k, m)
+        here = torch.zeros((1, 2), dtype=torch.int64, device=self.device)
+        s = self._refine_dense(resp, p, cf, ay.repeat_interleave(m), ax.repeat_interleave(m), here)
+        s = s.view(k, m)
         best, bi = s.max(1)
         # Keep the plain template unless a similarity does clearly better (ties: the template).
         better = best > score + 0.5 / RESPONSE_SCALE
