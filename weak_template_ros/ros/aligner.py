@@ -317,11 +317,17 @@ def alignment_overlay(image: np.ndarray, template: LoadedTemplate, result: Align
         polys = [np.rint((c @ A[:, :2].T + A[:, 2] + (ox, oy)) * shift).astype(np.int32)
                  for c in template.outline]
         cv2.polylines(out, polys, True, (40, 220, 40), 1, cv2.LINE_AA, shift=4)
-        text = (f"dx {result.dx:+.3f} px  dy {result.dy:+.3f} px  "
-                f"dth {math.degrees(result.dtheta):+.3f} deg  score {result.score:.2f}")
+        lines = [f"dx {result.dx:+.3f} dy {result.dy:+.3f} px",
+                 f"dth {math.degrees(result.dtheta):+.4f} deg score {result.score:.2f}"]
     else:
-        text = f"NOT FOUND: {result.reason}"
-    return viz.label(out, text)
+        lines = ["NOT FOUND", result.reason[:60]]
+    # Two short lines in a band at the bottom: readable on a 256 px wide ROI.
+    h = out.shape[0]
+    cv2.rectangle(out, (0, h - 30), (out.shape[1], h), (0, 0, 0), -1)
+    for i, line in enumerate(lines):
+        cv2.putText(out, line, (4, h - 18 + 13 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

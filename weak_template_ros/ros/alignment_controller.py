@@ -40,24 +40,29 @@ Console script: ``alignment_controller = weak_template_ros.ros.alignment_control
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+import yaml
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from geometry_msgs.msg import TransformStamped
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
 from weak_template_ros.align.closed_loop import LoopConfig
 from weak_template_ros.config import param
+from weak_template_ros.errors import InputError
 from weak_template_ros.ros.aligner import RESULT_TOPIC, planar_transform, result_from_message
 from weak_template_ros.ros.conversions import stamp_to_ns
 from weak_template_ros.ros.diagnostics import ERROR, OK, WARN, NodeDiagnostics
 from weak_template_ros.ros.node_main import node_main
-from weak_template_ros.ros.params import ConfigParameters
+from weak_template_ros.ros.params import ConfigParameters, config_from_parameters, flatten, ros_params_section
 from weak_template_ros.ros.qos import latched_qos, result_qos
 from weak_template_ros.ros.twin_stage import MOVE_TOPIC, MOVED_TOPIC
 
@@ -327,6 +332,144 @@ class AlignmentControllerNode(Node):
         with self._lock:
             self._closing = True
             super().destroy_node()
+
+
+# ----------------------------------------------------------------------------------------------
+# The closed loop against the twin, in-process (demo, benches)
+
+
+def config_file(name: str) -> Path:
+    """A parameter file of the package: config/ of the source tree, else the installed share/."""
+    for root in (Path(__file__).resolve().parents[2], Path(sys.prefix) / "share" / "weak_template_ros"):
+        if (root / "config" / name).is_file():
+            return root / "config" / name
+    raise InputError("config file", f"{name} in the source tree or share/weak_template_ros/config",
+                     "not found")
+
+
+def file_parameters(name: str, node_name: str, **overrides) -> list[Parameter]:
+    """A node's parameters from one of the package's ROS parameter files, plus overrides
+    (nested mappings or dotted names)."""
+    flat = ros_params_section(yaml.safe_load(config_file(name).read_text()) or {}, node_name)
+    flat.update(flatten(overrides))
+    return [Parameter(k, value=v) for k, v in flat.items()]
+
+
+class LoopRecorder:
+    """Records what the closed loop publishes and reads the TRUE residual after every move.
+
+    Parameters
+    ----------
+    node : rclpy Node (a probe of the caller's)
+    """
+
+    def __init__(self, node):
+        from geometry_msgs.msg import PoseStamped
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from sensor_msgs.msg import Image
+
+        from weak_template_ros.ros.testing import TopicRecorder
+        from weak_template_ros.ros.twin_stage import TRUE_OFFSET_TOPIC
+
+        reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        latched = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.results = TopicRecorder(node, Float64MultiArray, RESULT_TOPIC, reliable)
+        self.truth = TopicRecorder(node, PoseStamped, TRUE_OFFSET_TOPIC, reliable)
+        self.moved = TopicRecorder(node, TransformStamped, MOVED_TOPIC, latched)
+        self.status = TopicRecorder(node, DiagnosticStatus, CONVERGENCE_TOPIC, latched)
+        self.debug = TopicRecorder(node, Image, "alignment/debug_image", qos_profile_sensor_data)
+
+    def verdict(self, run: int) -> DiagnosticStatus | None:
+        """The final status of run ``run`` (converged or failed), None while it runs."""
+        for st in self.status.messages:
+            v = {kv.key: kv.value for kv in st.values}
+            if v["run"] == str(run) and v["state"] in ("converged", "failed"):
+                return st
+        return None
+
+    def true_after(self, stamp_ns: int) -> tuple[float, float, float]:
+        """True mark offset (dx px, dy px, dtheta rad) in the first frame stamped after ``stamp_ns``."""
+        from weak_template_ros.ros.aligner import pose_to_offset_px
+
+        for m in sorted(self.truth.messages, key=lambda m: stamp_to_ns(m.header.stamp)):
+            if stamp_to_ns(m.header.stamp) > stamp_ns:
+                return pose_to_offset_px(m.pose)
+        raise InputError("ground truth", f"a frame stamped after {stamp_ns} ns", "none yet")
+
+    def true_per_move(self, run: int, start_ns: int, moves: int) -> list[tuple[float, float, float]]:
+        """True offsets before the first move (frames after ``start_ns``) and after each move."""
+        acks = {m.child_frame_id: stamp_to_ns(m.header.stamp) for m in self.moved.messages}
+        times = [start_ns] + [acks[f"run{run}_move{k}"] for k in range(1, moves + 1)]
+        return [self.true_after(t) for t in times]
+
+
+@dataclass
+class TwinLoopReport:
+    """One closed-loop run through the three nodes (see :func:`run_twin_loop`)."""
+
+    verdict: str  # the controller's: "converged" or "failed"
+    reason: str
+    moves: int
+    measured_px: list[float]  # the controller's measured |offset| before each move and at the end
+    true_px: list[float]  # the TRUE |offset| in the first frame after each move (0: the start)
+    true_theta: list[float]  # the TRUE |dtheta| (rad), same frames
+    seconds: float  # wall time from start to verdict
+    first_debug: object | None  # aligner debug images (sensor_msgs/Image) of the run's first ...
+    last_debug: object | None  # ... and last measured frames
+
+    def moves_to(self, target_px: float) -> int | None:
+        """Moves after which the TRUE residual was first <= ``target_px`` (None: never)."""
+        return next((k for k, r in enumerate(self.true_px) if r <= target_px), None)
+
+
+def run_twin_loop(template_path: str | Path, stage: dict | None = None, aligner: dict | None = None,
+                  controller: dict | None = None, timeout_s: float = 120.0) -> TwinLoopReport:
+    """Run twin_stage + aligner + alignment_controller in-process until the loop's verdict.
+
+    Each node starts from its parameter file in config/ (twin_stage.yaml: SNR 5, 1 % / 0.5 deg
+    calibration error) plus the overrides given (nested or dotted names). The golden template
+    is rendered from the stage's mark and written to ``template_path``.
+    """
+    import cv2
+
+    from weak_template_ros.ros.aligner import AlignerNode
+    from weak_template_ros.ros.testing import ros_session, wait_until
+    from weak_template_ros.ros.twin_stage import TwinStageConfig, TwinStageNode
+    from weak_template_ros.twin.marks import golden_template, to_uint16
+
+    stage_params = file_parameters("twin_stage.yaml", "twin_stage", **(stage or {}))
+    cfg = config_from_parameters(TwinStageConfig, {p.name: p.value for p in stage_params})
+    cv2.imwrite(str(template_path), to_uint16(golden_template(cfg.mark, (cfg.height, cfg.width),
+                                                              cfg.degradations)))
+    with ros_session() as s:
+        probe = s.node("twin_loop_probe")
+        rec = LoopRecorder(probe)
+        s.add(TwinStageNode(context=s.context, parameter_overrides=stage_params))
+        s.add(AlignerNode(context=s.context, parameter_overrides=file_parameters(
+            "aligner_node.yaml", "aligner", **{"template_path": str(template_path),
+                                               "debug_image_rate_hz": 100.0, **(aligner or {})})))
+        ctl = s.add(AlignmentControllerNode(context=s.context, parameter_overrides=file_parameters(
+            "alignment_controller.yaml", "alignment_controller", **{**(controller or {}),
+                                                                   "autostart": False})))
+        if not wait_until(lambda: len(rec.results.messages) >= 1 and len(rec.debug.messages) >= 1,
+                          timeout_s):
+            raise InputError("aligner", "measurements of the twin's images", "none in time")
+        start_ns = probe.get_clock().now().nanoseconds
+        t0 = time.monotonic()
+        ctl.start()
+        if not wait_until(lambda: rec.verdict(1) is not None, timeout_s):
+            raise InputError("alignment_controller", f"a verdict within {timeout_s} s", ctl.state)
+        seconds = time.monotonic() - t0
+        v = {kv.key: kv.value for kv in rec.verdict(1).values}
+        moves = int(v["moves"])
+        wait_until(lambda: any(stamp_to_ns(m.header.stamp) > start_ns for m in rec.debug.messages), 5.0)
+        truth = rec.true_per_move(1, start_ns, moves)
+        debug = [m for m in rec.debug.messages if stamp_to_ns(m.header.stamp) > start_ns]
+        return TwinLoopReport(v["state"], v["reason"], moves, [float(x) for x in v["history_px"].split(",")],
+                              [math.hypot(dx, dy) for dx, dy, _ in truth], [abs(t) for _, _, t in truth],
+                              seconds, debug[0] if debug else None, rec.debug.messages[-1])
+    # Frames keep coming after the verdict: the last debug image shows the aligned mark.
 
 
 main = node_main(AlignmentControllerNode)
