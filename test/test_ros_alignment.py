@@ -4,8 +4,8 @@
 * Closed loop: ``twin_stage`` + ``aligner`` (a subprocess started from its console-script module
   with ``config/aligner_node.yaml``) + ``alignment_controller`` (both with their parameter files)
   converge within the alignment issue's move budget (≤ 3 moves to a TRUE residual ≤ 0.05 px, the
-  rotation within 4.5 sigma of its measurement noise) at SNR 5 with a true calibration 1 % and 0.5° off the nominal one, twice
-  (the second from a random start after ``~/reset``).
+  rotation within 4.5 sigma of its measurement noise) at SNR 5 with a true calibration 1 % and
+  0.5° off the nominal one, twice (the second from a random start after ``~/reset``).
 * The aligner over the wire: wrong encoding, zero-size, NaN 32FC1 and short-data images are
   logged, counted in diagnostics and dropped while the node keeps measuring; a constant image is
   a "not found" result; parameter changes take effect, invalid ones are refused; the
@@ -29,7 +29,7 @@ import yaml
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped, TransformStamped
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
@@ -54,6 +54,7 @@ from weak_template_ros.ros.alignment_controller import (
     CONVERGENCE_TOPIC,
     AlignmentControllerNode,
     LoopController,
+    LoopRecorder,
 )
 from weak_template_ros.ros.conversions import ns_to_stamp, numpy_to_image, stamp_to_ns
 from weak_template_ros.ros.diagnostics import status_values
@@ -174,31 +175,13 @@ def test_parameter_files_match_the_core_files():
 # Closed loop through the three nodes
 
 
-class LoopListener:
-    """Everything the closed loop publishes, recorded."""
+class LoopListener(LoopRecorder):
+    """Everything the closed loop publishes, recorded (LoopRecorder's topics plus the offsets)."""
 
     def __init__(self, node):
-        self.results = TopicRecorder(node, Float64MultiArray, RESULT_TOPIC, RELIABLE)
+        super().__init__(node)
         self.offsets = TopicRecorder(node, TransformStamped, OFFSET_TOPIC, RELIABLE)
         self.offsets_px = TopicRecorder(node, PoseWithCovarianceStamped, OFFSET_PX_TOPIC, RELIABLE)
-        self.truth = TopicRecorder(node, PoseStamped, TRUE_OFFSET_TOPIC, RELIABLE)
-        self.moved = TopicRecorder(node, TransformStamped, MOVED_TOPIC, LATCHED)
-        self.status = TopicRecorder(node, DiagnosticStatus, CONVERGENCE_TOPIC, LATCHED)
-        self.debug = TopicRecorder(node, Image, "alignment/debug_image", qos_profile_sensor_data)
-
-    def verdict(self, run: int) -> DiagnosticStatus | None:
-        for st in self.status.messages:
-            v = _values(st)
-            if v["run"] == str(run) and v["state"] in ("converged", "failed"):
-                return st
-        return None
-
-    def true_after(self, stamp_ns: int) -> tuple[float, float, float]:
-        """The true mark offset (dx, dy px, dtheta rad) of the first frame stamped after ``stamp_ns``."""
-        for m in sorted(self.truth.messages, key=lambda m: stamp_to_ns(m.header.stamp)):
-            if stamp_to_ns(m.header.stamp) > stamp_ns:
-                return pose_to_offset_px(m.pose)
-        raise AssertionError("no ground truth after the stamp")
 
 
 def _check_run(rec: LoopListener, run: int, start_ns: int) -> dict:
@@ -210,9 +193,7 @@ def _check_run(rec: LoopListener, run: int, start_ns: int) -> dict:
     assert v["state"] == "converged" or "max_moves" in v["reason"], verdict.message
     assert (verdict.level == DiagnosticStatus.OK) == (v["state"] == "converged")
     moves = int(v["moves"])
-    acks = {m.child_frame_id: stamp_to_ns(m.header.stamp) for m in rec.moved.messages}
-    times = [start_ns] + [acks[f"run{run}_move{k}"] for k in range(1, moves + 1)]
-    truth = [rec.true_after(t) for t in times]
+    truth = rec.true_per_move(run, start_ns, moves)
     residual = [math.hypot(dx, dy) for dx, dy, _ in truth]
     moves_to = next((k for k, r in enumerate(residual) if r <= 0.05), None)
     assert residual[0] > 1.0  # a real start offset
