@@ -79,6 +79,8 @@ class AlignerConfig:
                                      "fraction of the mark contrast belong to the mark", lo=0.0, hi=1.0)
     template_margin: int = param(8, "background kept around the mark's bounding box", lo=2, hi=512,
                                  unit="px")
+    scale_tolerance: float = param(0.05, "not found if the refined scale is further than this "
+                                   "(relative) from the coarse search's", lo=0.0, hi=1.0)
     min_score: float = param(0.2, "found only if the match score is at least this", lo=0.0, hi=1.0)
     allow_contrast_reversal: bool = param(False, "accept the mark with inverted polarity")
 
@@ -330,10 +332,14 @@ def align(image: np.ndarray, template: np.ndarray | PreparedTemplate, config: Al
         reasons.append(f"score {res.score:.3f} < min_score {cfg.min_score}")
     if gain0 <= 0 and not cfg.allow_contrast_reversal:
         reasons.append("mark polarity reversed")
-    if max(abs(out.dx), abs(out.dy)) > cfg.max_shift + 2.0:
+    if max(abs(out.dx), abs(out.dy)) > cfg.max_shift + 1.0:
         reasons.append(f"offset beyond max_shift {cfg.max_shift} px")
-    if not (0.5 < scale < 2.0):
-        reasons.append(f"scale {scale:.3f} out of range")
+    # The refinement polishes the coarse match; a long slide means it locked onto something else.
+    drift = math.hypot(out.dx - (hit.x - expected[0] / f) * f, out.dy - (hit.y - expected[1] / f) * f)
+    if drift > 2.0 * f:
+        reasons.append(f"refinement slid {drift:.1f} px from the coarse match")
+    if abs(scale / hit.scale - 1.0) > cfg.scale_tolerance:
+        reasons.append(f"scale {scale:.3f} beyond the search range")
     if reasons:
         out.found = False
         out.reason = "; ".join(reasons)

@@ -109,8 +109,10 @@ def _geometric_columns(G: np.ndarray, v: np.ndarray, Ainv: np.ndarray, q: np.nda
 
 
 def select_pixels(level: TemplateLevel, shape: tuple[int, int], q_level: np.ndarray, motion: str,
-                  expected: tuple[float, float], flat_stride: int) -> tuple[np.ndarray, np.ndarray]:
-    """Image pixels (x, y int arrays) the fit uses at this level for the current pose.
+                  expected: tuple[float, float], flat_stride: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image pixels (x, y int arrays) the fit uses at this level for the current pose, and how
+    many template pixels each stands for (1 on edges, flat_stride² on flats).
 
     Every template pixel with gradient, plus one in ``flat_stride²`` of the flat ones (they carry
     the illumination model), mapped into the image and rounded to the nearest pixel. The choice
@@ -132,7 +134,10 @@ def select_pixels(level: TemplateLevel, shape: tuple[int, int], q_level: np.ndar
     # Keep the spline stencil inside the template.
     u = (np.stack([xs, ys], 1) - e) @ np.linalg.inv(A).T + np.asarray(level.origin)
     inside = (u[:, 0] >= 1) & (u[:, 0] <= w - 2) & (u[:, 1] >= 1) & (u[:, 1] <= h - 2)
-    return xs[inside], ys[inside]
+    xs, ys, u = xs[inside], ys[inside], u[inside]
+    on_edge = level.grad_mask[np.rint(u[:, 1]).astype(np.int64), np.rint(u[:, 0]).astype(np.int64)]
+    density = np.where(on_edge, 1.0, float(max(flat_stride, 1) ** 2))
+    return xs, ys, density
 
 
 def photometric_basis(xs: np.ndarray, ys: np.ndarray, centre: tuple[float, float], radius: float,
@@ -251,7 +256,7 @@ def refine(image: np.ndarray, level: TemplateLevel, state: FineState, motion: st
     h, w = level.D.shape
     radius = 0.5 * math.hypot(h, w)
     contrast = float(np.abs(level.D).max())
-    xs, ys = select_pixels(level, image.shape, q, motion, e, flat_stride)
+    xs, ys, density = select_pixels(level, image.shape, q, motion, e, flat_stride)
     photo = _Photometric(illumination, photometric_basis(xs, ys, e, radius, gain_order),
                          photometric_basis(xs, ys, e, radius, offset_order))
     if len(xs) < 4 * (k + photo.n):
@@ -325,13 +330,18 @@ def refine(image: np.ndarray, level: TemplateLevel, state: FineState, motion: st
     cov = cov_all[:k, :k] * np.outer(back, back)
     # Score: how much of the image variance left by the illumination polynomial alone the warped
     # template explains (a partial correlation; ~0 on mark-free images, 1 without noise), over
-    # the pixels the robust fit kept (glare or a particle must not hide a good match).
+    # the pixels the robust fit kept (glare or a particle must not hide a good match), times the
+    # fraction of the template area kept (a wrong pose cannot score well by rejecting the pixels
+    # that contradict it). Pixels count for the template area they stand for: edges are all
+    # sampled, flats one in flat_stride², and extra structure on the flats must count.
     wk = wts[ok]
+    dk = density[ok]
     Pm, Im = photo.Pb[ok], I[ok]
-    Pw = Pm * wk[:, None]
+    Pw = Pm * (wk * dk)[:, None]
     rb = Im - Pm @ np.linalg.solve(Pw.T @ Pm + 1e-12 * np.eye(photo.nb), Pw.T @ Im)
-    ss0 = float((wk * rb * rb).sum())
-    ss1 = float((wk * r[ok] * r[ok]).sum())
-    score = math.sqrt(max(0.0, 1.0 - ss1 / ss0)) if ss0 > 0 else 0.0
+    ss0 = float((dk * wk * rb * rb).sum())
+    ss1 = float((dk * wk * r[ok] * r[ok]).sum())
+    inliers = float(dk[wk > 0].sum()) / max(float(dk.sum()), 1e-30)
+    score = math.sqrt(max(0.0, 1.0 - ss1 / ss0)) * inliers if ss0 > 0 else 0.0
     return FineResult(q * back, cov, p, math.sqrt(s2), score, int(ok.sum()), it, converged,
                       photo.mark_gain(p))
