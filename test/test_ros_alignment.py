@@ -216,10 +216,10 @@ def test_closed_loop_through_real_nodes_converges(tmp_path):
             rec = LoopListener(probe)
             stage_params = _file_parameters("twin_stage.yaml", "twin_stage")
             stage = s.add(TwinStageNode(context=s.context, parameter_overrides=stage_params))
-            s.add(AlignmentControllerNode(context=s.context, parameter_overrides=_file_parameters(
+            ctl = s.add(AlignmentControllerNode(context=s.context, parameter_overrides=_file_parameters(
                 "alignment_controller.yaml", "alignment_controller", autostart=False)))
-            assert wait_until(lambda: len(rec.results.messages) >= 2 or proc.poll() is not None, TIMEOUT), \
-                "no results from the aligner"
+            assert wait_until(lambda: (rec.connected() and ctl.connected() and len(rec.results.messages) >= 2)
+                              or proc.poll() is not None, TIMEOUT), "no results from the aligner"
             assert proc.poll() is None, proc.communicate()[0]
 
             runs = []

@@ -171,8 +171,10 @@ class AlignmentControllerNode(Node):
         self._deadline = math.inf
         self.move_publisher = self.create_publisher(TransformStamped, MOVE_TOPIC, result_qos())
         self.status_publisher = self.create_publisher(DiagnosticStatus, CONVERGENCE_TOPIC, latched_qos())
-        self.create_subscription(Float64MultiArray, RESULT_TOPIC, self._on_result, result_qos())
-        self.create_subscription(TransformStamped, MOVED_TOPIC, self._on_moved, latched_qos())
+        self.result_subscription = self.create_subscription(Float64MultiArray, RESULT_TOPIC,
+                                                            self._on_result, result_qos())
+        self.moved_subscription = self.create_subscription(TransformStamped, MOVED_TOPIC, self._on_moved,
+                                                           latched_qos())
         self.create_service(Trigger, START_SERVICE, self._on_start)
         self.create_service(Trigger, STOP_SERVICE, self._on_stop)
         self._timer = self.create_timer(0.1, self._on_timer)
@@ -185,6 +187,12 @@ class AlignmentControllerNode(Node):
     def config(self) -> ControllerNodeConfig:
         """The configuration in force."""
         return self._params.config
+
+    def connected(self) -> bool:
+        """An aligner publishes results to us, and a stage takes our moves and acknowledges them."""
+        return (self.result_subscription.get_publisher_count() > 0
+                and self.moved_subscription.get_publisher_count() > 0
+                and self.move_publisher.get_subscription_count() > 0)
 
     # -- runs -------------------------------------------------------------------------------------
     def start(self) -> str:
@@ -380,6 +388,12 @@ class LoopRecorder:
         self.status = TopicRecorder(node, DiagnosticStatus, CONVERGENCE_TOPIC, latched)
         self.debug = TopicRecorder(node, Image, "alignment/debug_image", qos_profile_sensor_data)
 
+    def connected(self) -> bool:
+        """Every recorded topic has a publisher matched (acknowledgements published before the
+        match would be lost: the stage keeps only the last one)."""
+        recorders = (self.results, self.truth, self.moved, self.status, self.debug)
+        return all(r.subscription.get_publisher_count() > 0 for r in recorders)
+
     def verdict(self, run: int) -> DiagnosticStatus | None:
         """The final status of run ``run`` (converged or failed), None while it runs."""
         for st in self.status.messages:
@@ -452,8 +466,8 @@ def run_twin_loop(template_path: str | Path, stage: dict | None = None, aligner:
         ctl = s.add(AlignmentControllerNode(context=s.context, parameter_overrides=file_parameters(
             "alignment_controller.yaml", "alignment_controller", **{**(controller or {}),
                                                                    "autostart": False})))
-        if not wait_until(lambda: len(rec.results.messages) >= 1 and len(rec.debug.messages) >= 1,
-                          timeout_s):
+        if not wait_until(lambda: rec.connected() and ctl.connected() and len(rec.results.messages) >= 1
+                          and len(rec.debug.messages) >= 1, timeout_s):
             raise InputError("aligner", "measurements of the twin's images", "none in time")
         start_ns = probe.get_clock().now().nanoseconds
         t0 = time.monotonic()
