@@ -372,6 +372,30 @@ def _cpu() -> str:
         return f"{platform.processor()}, {os.cpu_count()} cores"
 
 
+SHORTFALLS = [
+    "Recall is far below the 98 % / 90 % targets for BOTH matchers on this test set. Causes, "
+    "seen on the failure images (scripts of this analysis: the bench's trace option, "
+    "`Matcher.trace`): (1) look-alikes: the scenes hold 3 parts + 3 distractors within 12 cm, and "
+    "edge templates cannot tell an L-bracket plate from a box face, a hex nut from the bushing "
+    "(both a ring around a hole), a plate edge-on from any bar; the best wrong fit scores 0.7-0.85, "
+    "the right template 0.6-0.8; (2) library discretisation: 162 views (~15 deg apart), 4 "
+    "distances (22 % apart) and 13 in-plane angles (28 deg apart) leave the nearest template 5-14 "
+    "deg from the true view, so many of its features miss by several pixels at full resolution; "
+    "(3) the twin's sensor noise is strong (estimated 9 grey levels per pixel at full "
+    "resolution), so level 0 is noisy. LINEMOD papers reach ~97 % on LINEMOD only with a colour "
+    "check, a depth/ICP verification and denser templates; here the verification belongs to the "
+    "pose stage (ICP + render-and-compare), which is a later issue.",
+    "Occlusion 20-30 %: the occluder is a large box whose straight edges next to the part feed "
+    "exactly the false fits of (1); the parts it hides here are mostly the hex nut and bushing, "
+    "the worst-confused pair.",
+    "Timing: our fixed cost per frame (pyramid, gradients, quantisation, ~10 ms on one thread) is "
+    "above OpenCV's hand-vectorised C++ at 500 templates; from ~2000 templates on we are faster, "
+    "and at 8000 clearly so. The host is shared: the load averages above say how noisy the "
+    "timings are (2-thread timings suffer most: a parallel region waits for its slowest thread).",
+    "No GPU on this host: the matcher is device-agnostic PyTorch but its GPU speed is not measured.",
+]
+
+
 def write_markdown(result: dict, path: Path) -> None:
     r = result
     L = ["# LINEMOD: ours (PyTorch) vs OpenCV cv2.linemod (C++), side by side", "",
@@ -427,6 +451,22 @@ def write_markdown(result: dict, path: Path) -> None:
           "## Targets (issue 3)", ""]
     for line in r["targets"]:
         L.append(f"- {line}")
+    L += ["", "## What ours does differently", "",
+          "- Coarse search over every template at every 8th anchor of the quarter-resolution image "
+          "as one `embedding_bag` over a table of shifted responses (one row per feature key), then "
+          "half resolution around the best templates, then full resolution only in the region the "
+          "survivors can reach: the cost hardly grows with the template count.",
+          "- Gradient threshold per pyramid level from the image's own noise (OpenCV: fixed 10 on "
+          "the Sobel magnitude), orientations kept only at maxima across edges (smooth shading of "
+          "curved clutter otherwise answers every template).",
+          "- The final candidates are also tried scaled (0.9-1.1) and turned (+-12 deg): the library "
+          "is discrete, and the right template 10 deg off otherwise loses to a wrong one fitting a "
+          "part of the object exactly.",
+          "- Templates whose features share one orientation (a flat part seen edge-on: two parallel "
+          "lines) are discounted; with depth, hypotheses whose size disagrees with the measured "
+          "distance are faded out, and surface normals are a second modality.", "",
+          "## Shortfalls and their causes", ""]
+    L += [f"- {line}" for line in SHORTFALLS]
     L += ["", f"Reproduce: `.venv/bin/python bench/bench_linemod.py` ({r['elapsed_s']:.0f} s here, "
           "most of it building the template libraries once; they are cached in out/bench_linemod/)."]
     path.write_text("\n".join(L) + "\n")

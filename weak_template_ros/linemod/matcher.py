@@ -13,13 +13,18 @@ How a frame is matched against a :class:`TemplateLibrary` with L pyramid levels:
    idea as OpenCV's linearised memories, laid out so that one fused, multithreaded library
    kernel does the accumulation over features for all templates).
 3. The best templates (and their best anchors) are refined level by level: at each finer level
-   the anchors that the coarser match allows are evaluated with a gather, the best kept; at
-   level 0 the responses are *soft-spread* (full credit at the exact pixel, ``fine_spread_weight``
-   within +-1 px), so the final anchor is pixel-exact.
-4. Non-maximum suppression on the template boxes, then a coarse pose ``T_cam_obj`` from the
-   template pose, the image position and (when given) the measured depth.
+   the anchors that the coarser match allows are evaluated with a gather, the best kept. At
+   half resolution the survivors are also tried scaled and turned in-plane about their anchor
+   (the library is discrete), then only the region the best can reach is processed at full
+   resolution, where the responses are *soft-spread* (full credit at the exact pixel,
+   ``fine_spread_weight`` within +-1 px), so the final anchor is pixel-exact.
+4. The score blends full and intermediate resolution, discounted for templates whose features
+   share one orientation (:func:`template_specificity`) and, with depth, for a size that
+   disagrees with the measured distance. Non-maximum suppression on the template boxes, then a
+   coarse pose ``T_cam_obj`` from the template pose, the similarity found, the image position
+   and (when given) the measured depth.
 
-Scores are the mean similarity over a template's features, in [0, 1].
+Scores are mean similarities over a template's features, in [0, 1].
 """
 
 from __future__ import annotations
