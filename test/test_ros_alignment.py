@@ -573,3 +573,19 @@ def test_controller_protocol():
                                       for m in status.messages), TIMEOUT)
         resp = _call(probe, Trigger, "alignment_controller/stop")
         assert not resp.success and "no run in progress" in resp.message
+
+
+@pytest.mark.parametrize(("node", "args", "message"), [
+    (AlignerNode, ["template_path:=/no/such/mark.png"], "template_path: expected an existing image file"),
+    (AlignerNode, ["aligner.max_shift:=-3.0"], "aligner.max_shift: expected a value in [0.0, 100000.0] px"),
+    (TwinStageNode, ["mark.line_width:=100.0"], "line_width: expected <= size/4"),
+    (AlignmentControllerNode, ["loop.max_moves:=-1"], "loop.max_moves: expected a value in [0, 100]"),
+])
+def test_bad_start_parameters_exit_2_with_the_reason(node, args, message, capsys):
+    from weak_template_ros.ros.node_main import run_node
+
+    argv = ["node", "--ros-args"]
+    for a in args:
+        argv += ["-p", a]
+    assert run_node(node, argv) == 2
+    assert message in capsys.readouterr().err
