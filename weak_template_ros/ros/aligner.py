@@ -310,13 +310,13 @@ def alignment_overlay(image: np.ndarray, template: LoadedTemplate, result: Align
     out = viz.to_rgb(image)
     ox, oy = roi_origin
     ex, ey = expected[0] + ox, expected[1] + oy
-    shift = 16  # sub-pixel drawing: OpenCV takes fixed-point coordinates with 4 fractional bits
+    bits = 4  # sub-pixel drawing: OpenCV takes fixed-point coordinates with `bits` fractional bits
     cv2.drawMarker(out, (round(ex), round(ey)), (230, 30, 30), cv2.MARKER_CROSS, 24, 1, cv2.LINE_AA)
     if result.found:
         A = np.asarray(result.affine, np.float64)
-        polys = [np.rint((c @ A[:, :2].T + A[:, 2] + (ox, oy)) * shift).astype(np.int32)
+        polys = [np.rint((c @ A[:, :2].T + A[:, 2] + (ox, oy)) * (1 << bits)).astype(np.int32)
                  for c in template.outline]
-        cv2.polylines(out, polys, True, (40, 220, 40), 1, cv2.LINE_AA, shift=4)
+        cv2.polylines(out, polys, True, (40, 220, 40), 1, cv2.LINE_AA, shift=bits)
         lines = [f"dx {result.dx:+.3f} dy {result.dy:+.3f} px",
                  f"dth {math.degrees(result.dtheta):+.4f} deg score {result.score:.2f}"]
     else:
