@@ -58,7 +58,7 @@ from weak_template_ros.ros.alignment_controller import (
 )
 from weak_template_ros.ros.conversions import ns_to_stamp, numpy_to_image, stamp_to_ns
 from weak_template_ros.ros.diagnostics import status_values
-from weak_template_ros.ros.params import flatten, load_ros_params, ros_params_section
+from weak_template_ros.ros.params import flatten, load_ros_params, parameter_names, ros_params_section
 from weak_template_ros.ros.qos import latched_qos
 from weak_template_ros.ros.testing import TopicRecorder, ros_session, wait_until
 from weak_template_ros.ros.twin_stage import (
@@ -161,6 +161,10 @@ def test_parameter_files_match_the_core_files():
     """config/aligner_node.yaml carries config/aligner.yaml's aligner; all three files load."""
     node_cfg = load_ros_params(AlignerNodeConfig, ROOT / "config" / "aligner_node.yaml", "aligner")
     assert node_cfg.aligner == load_yaml(AlignerConfig, ROOT / "config" / "aligner.yaml")
+    section = ros_params_section(yaml.safe_load((ROOT / "config" / "aligner_node.yaml").read_text()),
+                                 "aligner")
+    listed = {k.removeprefix("aligner.") for k in section if k.startswith("aligner.")}
+    assert listed == set(parameter_names(AlignerConfig))  # every aligner parameter written out
     stage = load_ros_params(TwinStageConfig, ROOT / "config" / "twin_stage.yaml", "twin_stage")
     assert stage.degradations.snr == 5.0 and stage.true_calibration.scale == 1.01
     assert stage.true_calibration.rotation == pytest.approx(math.radians(0.5))
