@@ -20,13 +20,12 @@ matches the twin's mark::
     ros2 launch weak_template_ros mark_alignment.launch.py template:=out/marks/template.png sim:=true
 """
 
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
-
-from launch import LaunchDescription
 
 
 def _config(name: str) -> PathJoinSubstitution:

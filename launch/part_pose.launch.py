@@ -11,12 +11,11 @@ config/pose_estimator.yaml), ``namespace`` (of the node). Results: ``pose_estima
 ``pose_estimator/pose``, ``pose_estimator/overlay``, ``/diagnostics``.
 """
 
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
-
-from launch import LaunchDescription
 
 
 def generate_launch_description():

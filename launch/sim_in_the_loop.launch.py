@@ -22,13 +22,12 @@ mark is within tolerance; verdict on ``alignment_loop/alignment/convergence``), 
 file in config/ (twin_stage.yaml, aligner_node.yaml, alignment_controller.yaml).
 """
 
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
-
-from launch import LaunchDescription
 
 
 def _config(name: str) -> PathJoinSubstitution:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from weak_template_ros.camera import CameraIntrinsics, backproject, project
+from weak_template_ros.config import param
 from weak_template_ros.errors import InputError
 from weak_template_ros.geometry import (
     check_pose,
@@ -91,3 +94,25 @@ def test_nested_config_errors_name_the_dotted_path():
         from_mapping(SceneSpec, {"sensor": {"read_noise": 5.0}})
     with pytest.raises(InputError, match="unknown key"):
         from_mapping(SceneSpec, {"sensor": {"colour": 1}})
+
+
+@dataclass
+class _Inner:
+    lo: float = param(0.0, "low end")
+    hi: float = param(1.0, "high end")
+
+    def __post_init__(self):
+        if self.lo > self.hi:
+            raise InputError("lo", f"<= hi ({self.hi})", self.lo)
+
+
+@dataclass
+class _Outer:
+    inner: _Inner = field(default_factory=_Inner)
+
+
+def test_post_init_errors_of_nested_configs_carry_the_path():
+    from weak_template_ros.config import from_mapping
+
+    with pytest.raises(InputError, match=r"^inner\.lo: expected <= hi"):
+        from_mapping(_Outer, {"inner": {"lo": 2.0}})

@@ -72,7 +72,7 @@ def from_mapping(cls: type[T], values: Mapping[str, Any] | None, source: str = "
     return validate(_build(cls, values, source))
 
 
-def _build(cls: type[T], values: Mapping[str, Any] | None, source: str) -> T:
+def _build(cls: type[T], values: Mapping[str, Any] | None, source: str, path: str = "") -> T:
     """Construct (without range validation, done once at the top with full names)."""
     values = dict(values or {})
     hints = get_type_hints(cls)
@@ -87,13 +87,18 @@ def _build(cls: type[T], values: Mapping[str, Any] | None, source: str) -> T:
         v = values[f.name]
         typ = hints.get(f.name)
         if dataclasses.is_dataclass(typ):
-            v = v if dataclasses.is_dataclass(v) else _build(typ, v, source=f"{source}.{f.name}")
+            v = v if dataclasses.is_dataclass(v) else _build(typ, v, f"{source}.{f.name}", f"{path}{f.name}.")
         elif typ is float and isinstance(v, int) and not isinstance(v, bool):
             v = float(v)
         elif isinstance(v, list) and (typ is tuple or getattr(typ, "__origin__", None) is tuple):
             v = tuple(v)
         kwargs[f.name] = v
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except InputError as e:  # raised by a __post_init__ check: give it its dotted path
+        if not path or e.name.startswith(path):
+            raise
+        raise InputError(f"{path}{e.name}", e.expected, e.got) from e
 
 
 def load_yaml(cls: type[T], path: str | Path, section: str | None = None) -> T:

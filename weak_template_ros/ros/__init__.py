@@ -13,5 +13,9 @@ rclpy):
 * ``diagnostics``: rate, stage latency, drops and errors on ``/diagnostics``.
 * ``node_main``: console-script entry (loopback check, init, spin, clean SIGINT shutdown).
 * ``twin_camera``: the digital twin (or a BOP folder, or a rosbag2) as an RGB-D camera node.
+* ``pose_estimator``: synchronised RGB-D in, LINEMOD + ICP + verification, poses out.
+* ``aligner``: sub-pixel mark offset (px and stage metres) of each image, template reload service.
+* ``twin_stage``: simulated x/y/theta stage with camera, rendering the mark at its true pose.
+* ``alignment_controller``: the reference loop moving the stage by the measured offset.
 * ``testing``: in-process sessions and topic recorders for tests, benches and the demo.
 """

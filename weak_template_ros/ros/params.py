@@ -120,21 +120,22 @@ def _element_type(hint, default) -> type | None:
     return None
 
 
-def parameter_specs(cls: type, prefix: str = "") -> list[ParamSpec]:
+def parameter_specs(cls: type, prefix: str = "", instance: Any = None) -> list[ParamSpec]:
     """The ROS parameters of a config dataclass, nested dataclasses flattened with dots.
 
-    Fields whose type has no ROS parameter equivalent (None-able, arrays, dicts) are skipped:
-    they keep their dataclass default.
+    Defaults come from ``instance`` (default: ``cls()``), so a parent's ``default_factory`` for a
+    nested section wins over the nested class's own defaults. Fields whose type has no ROS
+    parameter equivalent (None-able, arrays, dicts) are skipped: they keep their default.
     """
     hints = get_type_hints(cls)
-    instance = cls()
+    instance = cls() if instance is None else instance
     specs = []
     for f in dataclasses.fields(cls):
         hint = hints.get(f.name)
         default = getattr(instance, f.name)
         name = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(hint):
-            specs.extend(parameter_specs(hint, prefix=f"{name}."))
+            specs.extend(parameter_specs(hint, prefix=f"{name}.", instance=default))
             continue
         meta = f.metadata
         common = dict(description=meta.get("description", ""), unit=meta.get("unit", ""),
