@@ -6,6 +6,7 @@ from __future__ import annotations
 from weak_template_ros.cli import (
     align_cmds,  # noqa: F401  generate marks, align
     linemod_cmds,  # noqa: F401  templates build, detect
+    nets_cmds,  # noqa: F401  train detector|refiner
     ros_cmds,  # noqa: F401  replay
     twin_cmds,  # noqa: F401  generate parts|scenes, show, demo
 )
