@@ -204,3 +204,16 @@ def test_similarity_helpers():
     assert similarity_from_linear(1.5 * rotation_matrix(0.3)) == pytest.approx((0.3, 1.5))
     M = cv2.getRotationMatrix2D((0, 0), math.degrees(0.3), 1.5)
     np.testing.assert_allclose(M[:, :2], s.linear(), atol=1e-12)
+
+
+def test_contrast_ratio_is_light_independent_and_gates_found():
+    d = Degradations(contrast=0.3, gradient=0.2, vignetting=0.2)
+    T = golden_template(CROSS, SHAPE, Degradations(contrast=0.3)).astype(np.float32)
+    img = make_scene(CROSS, SHAPE, d, rng=2).render_clean(Similarity(1.0, 2.0))
+    r = align(img, T)
+    assert r.found and r.contrast_ratio == pytest.approx(1.0, abs=0.02)
+    faint = make_scene(CROSS, SHAPE, Degradations(contrast=0.03), rng=2).render_clean(Similarity(1.0, 2.0))
+    r = align(faint, T)
+    assert r.contrast_ratio == pytest.approx(0.1, abs=0.01)
+    assert not r.found and "contrast" in r.reason
+    assert align(faint, T, AlignerConfig(min_contrast_ratio=0.05)).found

@@ -81,6 +81,8 @@ class AlignerConfig:
                                  unit="px")
     scale_tolerance: float = param(0.05, "not found if the refined scale is further than this "
                                    "(relative) from the coarse search's", lo=0.0, hi=1.0)
+    min_contrast_ratio: float = param(0.2, "not found if the mark's contrast is below this fraction of "
+                                      "the template's (light-independent; 0 disables)", lo=0.0, hi=1.0)
     min_score: float = param(0.2, "found only if the match score is at least this", lo=0.0, hi=1.0)
     allow_contrast_reversal: bool = param(False, "accept the mark with inverted polarity")
 
@@ -123,6 +125,7 @@ class AlignmentResult:
     iterations: int = 0
     converged: bool = False
     coarse_score: float = math.nan
+    contrast_ratio: float = math.nan  # mark contrast in the image / in the template (1: as designed)
     reason: str = ""
     dx_m: float | None = None
     dy_m: float | None = None
@@ -327,11 +330,15 @@ def align(image: np.ndarray, template: np.ndarray | PreparedTemplate, config: Al
                           np.hstack([A, t_abs[:, None]]), res.sigma, res.n_pixels, res.iterations,
                           res.converged, hit.score)
     gain0 = res.mark_gain
+    if res.background != 0:
+        out.contrast_ratio = res.mark_gain * prep.background / res.background
     reasons = []
     if res.score < cfg.min_score:
         reasons.append(f"score {res.score:.3f} < min_score {cfg.min_score}")
     if gain0 <= 0 and not cfg.allow_contrast_reversal:
         reasons.append("mark polarity reversed")
+    elif abs(out.contrast_ratio) < cfg.min_contrast_ratio:
+        reasons.append(f"mark contrast {abs(out.contrast_ratio):.2f}x the template's < min_contrast_ratio")
     if max(abs(out.dx), abs(out.dy)) > cfg.max_shift + 1.0:
         reasons.append(f"offset beyond max_shift {cfg.max_shift} px")
     # The refinement polishes the coarse match; a long slide means it locked onto something else.

@@ -66,6 +66,7 @@ class FineResult:
     iterations: int
     converged: bool
     mark_gain: float  # gain of the template's mark (negative: polarity reversed)
+    background: float  # the image's background level at the reference point
 
 
 def n_params(motion: str) -> int:
@@ -209,6 +210,10 @@ class _Photometric:
         np.multiply(L, D, out=out[:, self.nb])
         return L * one_kd, L * k
 
+    def background(self, p: np.ndarray) -> float:
+        """Image background level at the reference point (the light field's constant term)."""
+        return float(p[self.ng] if self.kind == "gain_offset" else p[0])
+
     def mark_gain(self, p: np.ndarray) -> float:
         """Gain of the template's mark at the centre (sign = polarity)."""
         if self.kind == "gain_offset":
@@ -261,7 +266,7 @@ def refine(image: np.ndarray, level: TemplateLevel, state: FineState, motion: st
                          photometric_basis(xs, ys, e, radius, offset_order))
     if len(xs) < 4 * (k + photo.n):
         return FineResult(state.q, np.full((k, k), np.inf), np.zeros(photo.n), float("inf"), 0.0,
-                          len(xs), 0, False, 0.0)
+                          len(xs), 0, False, 0.0, 0.0)
     I = image[ys, xs].astype(np.float64)
     p = state.photo if state.photo is not None and len(state.photo) == photo.n else None
     X = np.stack([xs, ys], 1).astype(np.float64)
@@ -319,7 +324,7 @@ def refine(image: np.ndarray, level: TemplateLevel, state: FineState, motion: st
     # Hessian and residuals there are those of the solution to first order).
     if it == 0 or p is None or not np.all(np.isfinite(q)):
         return FineResult(q / to_level, np.full((k, k), np.inf), np.zeros(photo.n), float("inf"), 0.0,
-                          len(xs), it, False, 0.0)
+                          len(xs), it, False, 0.0, 0.0)
     dof = max(float(wts.sum()) - J.shape[1], 1.0)
     s2 = float((wts * r * r).sum()) / dof
     try:
@@ -344,4 +349,4 @@ def refine(image: np.ndarray, level: TemplateLevel, state: FineState, motion: st
     inliers = float(dk[wk > 0].sum()) / max(float(dk.sum()), 1e-30)
     score = math.sqrt(max(0.0, 1.0 - ss1 / ss0)) * inliers if ss0 > 0 else 0.0
     return FineResult(q * back, cov, p, math.sqrt(s2), score, int(ok.sum()), it, converged,
-                      photo.mark_gain(p))
+                      photo.mark_gain(p), photo.background(p))
