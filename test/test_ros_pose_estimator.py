@@ -215,7 +215,7 @@ def test_sim_in_the_loop_poses_follow_the_moving_part(part, files):
     assert img.shape == (SCENE["height"], SCENE["width"], 3)
     v = status_values(status)
     for key in ("transport.mean_ms", "convert.mean_ms", "detect.mean_ms", "refine.mean_ms",
-                "compute.mean_ms", "publish.mean_ms", "latency.mean_ms"):
+                "best_icp.mean_ms", "compute.mean_ms", "publish.mean_ms", "latency.mean_ms"):
         assert float(v[key]) >= 0, key
     assert v["sync"] == "ours" and v["detection3d"].startswith("off") and v["tf"].startswith("off")
 

@@ -23,7 +23,8 @@ colour image's stamp:
 * ``~/overlay``: sensor_msgs/Image rgb8, the colour image with the model silhouette and axes at
   each estimate, at most ``overlay_rate_hz`` per second (0: none);
 * ``/diagnostics``: rate, per-stage latency (transport, queue, convert, detect, refine,
-  compute, publish, latency = camera stamp to result publish), drops by reason (busy,
+  best_prepare / best_icp / best_verify, compute, publish, latency = camera stamp to result
+  publish), drops by reason (busy,
   bad_input, out_of_order, unmatched, sync_overflow) and the last error.
 
 Compute slower than the camera builds no backlog: the synchronised set waits in a one-slot
@@ -191,7 +192,9 @@ class PoseFrame:
         Accepted estimates, best first.
     timings_ms : dict
         ``convert`` (messages to arrays), ``detect`` (LINEMOD), ``refine`` (ICP and verification
-        of every hypothesis), ``compute`` (detect + refine + checks).
+        of every hypothesis), ``compute`` (detect + refine + checks); with an estimate also
+        ``best_prepare``, ``best_icp``, ``best_verify`` (the best estimate's own stages,
+        :attr:`~weak_template_ros.pose.PoseEstimate.timings_ms`).
     """
 
     header: Header
@@ -246,6 +249,9 @@ def estimate_frame(assets: PoseAssets, cfg: PoseEstimatorConfig, color: Image, d
                "compute": (t3 - t1) * 1e3}
     for e in estimates:
         e.timings_ms["detect"] = timings["detect"]
+    if estimates:  # the pose pipeline's own stage times of the hypothesis that won
+        timings.update({f"best_{k}": estimates[0].timings_ms[k] for k in ("prepare", "icp", "verify")
+                        if k in estimates[0].timings_ms})
     return PoseFrame(header, rgb, camera, estimates, timings)
 
 
