@@ -80,7 +80,7 @@ from weak_template_ros.ros.diagnostics import NodeDiagnostics
 from weak_template_ros.ros.node_main import node_main
 from weak_template_ros.ros.params import ConfigParameters
 from weak_template_ros.ros.qos import image_qos, result_qos
-from weak_template_ros.ros.sync import SyncedSubscriptions
+from weak_template_ros.ros.sync import ApproximateTimeSync, SyncedSubscriptions
 
 COLOR_TOPIC = "camera/color/image_raw"
 DEPTH_TOPIC = "camera/aligned_depth_to_color/image_raw"
@@ -492,9 +492,6 @@ class PoseEstimatorNode(Node):
     # -- input ------------------------------------------------------------------------------------
     def _make_sync(self) -> None:
         cfg = self.config
-        if self._sync is not None:
-            for sub in self._sync.subscriptions:
-                self.destroy_subscription(sub)
         images = image_qos(cfg.image_queue_depth, cfg.image_reliability)
         # camera_info: best effort matches every publisher (drivers' sensor-data QoS, latched).
         self._sync = SyncedSubscriptions(
@@ -552,9 +549,7 @@ class PoseEstimatorNode(Node):
         self._late_streak = self._late_streak + 1 if all_late else 0
         if self._late_streak >= 2:
             self._report("stamps went back in time on every input: synchroniser reset")
-            self._make_sync()
-            self._sync_seen = self._sync_counts()
-            self._late_streak = 0
+            self._reset_sync()
             return
         timeout = self.config.input_timeout_s
         silent = t - max(self._sync_emitted_t, self._sync_started_t)
@@ -570,6 +565,21 @@ class PoseEstimatorNode(Node):
             self._report(
                 f"{', '.join(topics)}: expected stamps within sync_slop = {self.config.sync_slop:g}"
                 f" s of each other, got no matching set for {silent:.1f} s")
+
+    def _reset_sync(self) -> None:
+        """Forget the synchroniser's queues and last stamps; keep the subscriptions.
+
+        Destroying subscriptions from a callback races the multi-threaded executor's wait set
+        (rclpy raises InvalidHandle in the spinning thread and the executor stops), so a fresh
+        ApproximateTimeSync takes the old one's place: SyncedSubscriptions' subscriptions look
+        ``_sync`` up on every message. SyncedSubscriptions has no public reset yet.
+        """
+        cfg = self.config
+        fresh = ApproximateTimeSync(3, cfg.sync_queue_size, cfg.sync_slop, self._on_set)
+        self._sync._sync, self._sync.stats = fresh, fresh.stats
+        self._sync_seen = self._sync_counts()
+        self._sync_started_t = time.monotonic()
+        self._late_streak = 0
 
     def _report(self, message: str) -> None:
         """An input problem in diagnostics (every time) and the log (at most every 5 s)."""
