@@ -131,14 +131,33 @@ def _place_xy(placed_xy: list[tuple[np.ndarray, float]], radius: float, spec: Sc
     raise InputError(
         "SceneSpec.placement_radius",
         f"room for {spec.parts_per_scene} parts and {spec.distractors} distractors without overlap",
-        f"no free spot for {what} (radius {radius:.3f} m) within {spec.placement_radius} m after 200 tries",
+        f"no free spot for {what} (radius {radius:.3f} m) within {spec.placement_radius} m "
+        f"after 200 tries in each of {ARRANGE_ATTEMPTS} arrangements",
     )
+
+
+ARRANGE_ATTEMPTS = 20
 
 
 def arrange_scene(models: dict[int, PartModel], spec: SceneSpec, seed: int, scene_id: int,
                   renderer: Renderer) -> list[PlacedObject]:
-    """Parts (stable poses, random yaw, no overlap) and distractors on the table, world = table frame."""
-    rng = np.random.default_rng([seed, scene_id, 0])
+    """Parts (stable poses, random yaw, no overlap) and distractors on the table, world = table frame.
+
+    Placement is greedy, so early objects can block later ones: the whole arrangement is redrawn
+    (attempt k uses ``default_rng([seed, scene_id, 0, k])``, attempt 0 ``[seed, scene_id, 0]``)
+    up to :data:`ARRANGE_ATTEMPTS` times before the last placement error is raised.
+    """
+    for attempt in range(ARRANGE_ATTEMPTS):
+        key = [seed, scene_id, 0] + ([attempt] if attempt else [])
+        try:
+            return _arrange_once(models, spec, np.random.default_rng(key), scene_id, renderer)
+        except InputError as e:
+            if e.name != "SceneSpec.placement_radius" or attempt == ARRANGE_ATTEMPTS - 1:
+                raise
+
+
+def _arrange_once(models: dict[int, PartModel], spec: SceneSpec, rng: np.random.Generator, scene_id: int,
+                  renderer: Renderer) -> list[PlacedObject]:
     ids = sorted(models)
     if spec.parts_per_scene > len(ids):
         raise InputError("SceneSpec.parts_per_scene", f"at most the number of models ({len(ids)})",
