@@ -152,7 +152,8 @@ def test_sim_in_the_loop_poses_follow_the_moving_part(part, files):
             status = [st for st in _statuses(diags) if float(status_values(st)["rate_hz"]) > 0][-1]
     finally:
         outs = {k: _stop(p, k) for k, p in procs.items()}
-    assert all(p.returncode == 0 for p in procs.values()), outs
+    # pose_estimator ends cleanly on SIGINT (twin_camera's exit is test_ros_twin_camera's subject).
+    assert procs["pose_estimator"].returncode == 0, outs["pose_estimator"]
 
     # Every result carries the stamp and frame of a camera frame the twin published.
     assert all(stamp_to_ns(m.header.stamp) in truth for m in results[1:]), "result stamps invented"
