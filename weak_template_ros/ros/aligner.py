@@ -147,6 +147,26 @@ def image_to_intensity(msg: Image, topic: str = "image") -> np.ndarray:
     return image_to_gray(msg, topic)
 
 
+def measure_intensity(full: np.ndarray, template, cfg: AlignerNodeConfig):
+    """What the aligner node does with one intensity image: ROI crop, target position, the
+    blank-frame rule (no mark, not bad data) and :func:`~weak_template_ros.align.align`.
+
+    Returns
+    -------
+    result : AlignmentResult
+    expected : (x, y) px, the target in ROI coordinates
+    origin : (x, y) px, the ROI's corner in the full image
+    """
+    roi, origin = _crop(full, cfg)
+    gray = as_gray_float(roi, "image")
+    H, W = gray.shape
+    expected = ((W - 1) / 2.0 if cfg.target_x < 0 else cfg.target_x - origin[0],
+                (H - 1) / 2.0 if cfg.target_y < 0 else cfg.target_y - origin[1])
+    if float(gray.max()) == float(gray.min()):
+        return AlignmentResult(False, reason="constant image: no mark"), expected, origin
+    return align(gray, template.prepared, expected=expected, calibration=cfg.calibration), expected, origin
+
+
 def planar_transform(x: float, y: float, yaw: float, stamp=None, parent_frame: str = "",
                      child_frame: str = "") -> TransformStamped:
     """TransformStamped of a planar pose: translation (x, y, 0), rotation ``yaw`` about z."""
@@ -450,20 +470,12 @@ class AlignerNode(Node):
         tpl = self.template
         with self.diagnostics.stage("convert"):
             full = image_to_intensity(msg, self.subscription.topic_name)
-            roi, origin = _crop(full, cfg)
-            gray = as_gray_float(roi, "image")
         if tpl is None:
             self.diagnostics.drop("no_template")
             self.get_logger().warning("no template_path set: image dropped", throttle_duration_sec=5.0)
             return
-        H, W = gray.shape
-        expected = ((W - 1) / 2.0 if cfg.target_x < 0 else cfg.target_x - origin[0],
-                    (H - 1) / 2.0 if cfg.target_y < 0 else cfg.target_y - origin[1])
         with self.diagnostics.stage("align"):
-            if float(gray.max()) == float(gray.min()):  # a blank frame: no mark, not bad data
-                result = AlignmentResult(False, reason="constant image: no mark")
-            else:
-                result = align(gray, tpl.prepared, expected=expected, calibration=cfg.calibration)
+            result, expected, origin = measure_intensity(full, tpl, cfg)
         self._publish(msg, result, cfg)
         if result.found:
             self.found_total += 1

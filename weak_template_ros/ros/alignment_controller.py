@@ -40,18 +40,15 @@ Console script: ``alignment_controller = weak_template_ros.ros.alignment_control
 from __future__ import annotations
 
 import math
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from geometry_msgs.msg import TransformStamped
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
@@ -62,7 +59,7 @@ from weak_template_ros.ros.aligner import RESULT_TOPIC, planar_transform, result
 from weak_template_ros.ros.conversions import stamp_to_ns
 from weak_template_ros.ros.diagnostics import ERROR, OK, WARN, NodeDiagnostics
 from weak_template_ros.ros.node_main import node_main
-from weak_template_ros.ros.params import ConfigParameters, config_from_parameters, flatten, ros_params_section
+from weak_template_ros.ros.params import ConfigParameters, config_from_parameters, file_parameters
 from weak_template_ros.ros.qos import latched_qos, result_qos
 from weak_template_ros.ros.twin_stage import MOVE_TOPIC, MOVED_TOPIC
 
@@ -344,23 +341,6 @@ class AlignmentControllerNode(Node):
 
 # ----------------------------------------------------------------------------------------------
 # The closed loop against the twin, in-process (demo, benches)
-
-
-def config_file(name: str) -> Path:
-    """A parameter file of the package: config/ of the source tree, else the installed share/."""
-    for root in (Path(__file__).resolve().parents[2], Path(sys.prefix) / "share" / "weak_template_ros"):
-        if (root / "config" / name).is_file():
-            return root / "config" / name
-    raise InputError("config file", f"{name} in the source tree or share/weak_template_ros/config",
-                     "not found")
-
-
-def file_parameters(name: str, node_name: str, **overrides) -> list[Parameter]:
-    """A node's parameters from one of the package's ROS parameter files, plus overrides
-    (nested mappings or dotted names)."""
-    flat = ros_params_section(yaml.safe_load(config_file(name).read_text()) or {}, node_name)
-    flat.update(flatten(overrides))
-    return [Parameter(k, value=v) for k, v in flat.items()]
 
 
 class LoopRecorder:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import array
 import dataclasses
 import math
+import sys
 import threading
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -375,3 +376,20 @@ def load_ros_params(cls: type[T], path: str | Path, node_name: str, namespace: s
     flat = ros_params_section(data, node_name, namespace)
     flat = {k: v for k, v in flat.items() if k not in ("use_sim_time",)}
     return config_from_parameters(cls, flat, source=f"{path}:{node_name}")
+
+
+def config_file(name: str) -> Path:
+    """A parameter file of the package: config/ of the source tree, else the installed share/."""
+    for root in (Path(__file__).resolve().parents[2], Path(sys.prefix) / "share" / "weak_template_ros"):
+        if (root / "config" / name).is_file():
+            return root / "config" / name
+    raise InputError("config file", f"{name} in the source tree or share/weak_template_ros/config",
+                     "not found")
+
+
+def file_parameters(name: str, node_name: str, **overrides) -> list[Parameter]:
+    """A node's parameters from one of the package's ROS parameter files, plus overrides
+    (nested mappings or dotted names)."""
+    flat = ros_params_section(yaml.safe_load(config_file(name).read_text()) or {}, node_name)
+    flat.update(flatten(overrides))
+    return [Parameter(k, value=v) for k, v in flat.items()]

@@ -80,7 +80,7 @@ from weak_template_ros.ros.diagnostics import NodeDiagnostics
 from weak_template_ros.ros.node_main import node_main
 from weak_template_ros.ros.params import ConfigParameters
 from weak_template_ros.ros.qos import image_qos, result_qos
-from weak_template_ros.ros.sync import ApproximateTimeSync, SyncedSubscriptions
+from weak_template_ros.ros.sync import SyncedSubscriptions
 
 COLOR_TOPIC = "camera/color/image_raw"
 DEPTH_TOPIC = "camera/aligned_depth_to_color/image_raw"
@@ -570,13 +570,10 @@ class PoseEstimatorNode(Node):
         """Forget the synchroniser's queues and last stamps; keep the subscriptions.
 
         Destroying subscriptions from a callback races the multi-threaded executor's wait set
-        (rclpy raises InvalidHandle in the spinning thread and the executor stops), so a fresh
-        ApproximateTimeSync takes the old one's place: SyncedSubscriptions' subscriptions look
-        ``_sync`` up on every message. SyncedSubscriptions has no public reset yet.
+        (rclpy raises InvalidHandle in the spinning thread and the executor stops), so
+        the synchroniser alone is replaced (:meth:`SyncedSubscriptions.reset`).
         """
-        cfg = self.config
-        fresh = ApproximateTimeSync(3, cfg.sync_queue_size, cfg.sync_slop, self._on_set)
-        self._sync._sync, self._sync.stats = fresh, fresh.stats
+        self._sync.reset()
         self._sync_seen = self._sync_counts()
         self._sync_started_t = time.monotonic()
         self._late_streak = 0
@@ -698,9 +695,11 @@ def run_twin_pose(work_dir, frames: int = 10, twin: dict | None = None, pose: di
 
     from weak_template_ros.linemod.templates import TemplateConfig
     from weak_template_ros.metrics import adi, re_te_sym
-    from weak_template_ros.ros.alignment_controller import file_parameters  # the package's params files
     from weak_template_ros.ros.conversions import pose_array_to_matrices
-    from weak_template_ros.ros.params import config_from_parameters
+    from weak_template_ros.ros.params import (
+        config_from_parameters,
+        file_parameters,  # the package's params files
+    )
     from weak_template_ros.ros.testing import TopicRecorder, ros_session, wait_until
     from weak_template_ros.ros.twin_camera import GT_POSES_TOPIC, TwinCameraConfig, TwinCameraNode
     from weak_template_ros.twin.scenes import make_part_set

@@ -262,6 +262,8 @@ def _replay_align(prepared, writer: BagWriter, summary: ReplaySummary, on_frame)
     from sensor_msgs.msg import Image
 
     from weak_template_ros.ros.aligner import (
+        image_to_intensity,
+        measure_intensity,
         offset_px_message,
         offset_transform_message,
         result_message,
@@ -277,7 +279,7 @@ def _replay_align(prepared, writer: BagWriter, summary: ReplaySummary, on_frame)
             stamp_ns = stamp_to_ns(msg.header.stamp)
             try:
                 t0 = time.perf_counter()
-                result = _align_image(msg, template, cfg, topic)
+                result = measure_intensity(image_to_intensity(msg, topic), template, cfg)[0]
                 summary.compute_ms.append((time.perf_counter() - t0) * 1e3)
             except InputError as e:
                 summary.errors.append((stamp_ns, str(e)))
@@ -295,22 +297,3 @@ def _replay_align(prepared, writer: BagWriter, summary: ReplaySummary, on_frame)
                 on_frame(summary.frames, max(total, summary.frames))
 
 
-def _align_image(msg, template, cfg, topic: str):
-    """One image measured as the aligner node measures it (ROI, target, blank frames).
-
-    Mirrors ``AlignerNode._measure``, which keeps this logic inside the node; it should become
-    one public function of ``ros/aligner.py`` that both call.
-    """
-    from weak_template_ros.align import AlignmentResult, align
-    from weak_template_ros.align.preprocess import as_gray_float
-    from weak_template_ros.ros.aligner import _crop, image_to_intensity
-
-    full = image_to_intensity(msg, topic)
-    roi, origin = _crop(full, cfg)
-    gray = as_gray_float(roi, "image")
-    H, W = gray.shape
-    expected = ((W - 1) / 2.0 if cfg.target_x < 0 else cfg.target_x - origin[0],
-                (H - 1) / 2.0 if cfg.target_y < 0 else cfg.target_y - origin[1])
-    if float(gray.max()) == float(gray.min()):
-        return AlignmentResult(False, reason="constant image: no mark")
-    return align(gray, template.prepared, expected=expected, calibration=cfg.calibration)

@@ -203,9 +203,20 @@ class SyncedSubscriptions:
             self._sync.registerCallback(callback)
             return
         self.backend = "ours"
-        self._sync = ApproximateTimeSync(len(inputs), queue_size, slop, callback)
+        self._args = (len(inputs), queue_size, slop, callback)
+        self._sync = ApproximateTimeSync(*self._args)
         self.stats = self._sync.stats
         for i, (t, topic, qos) in enumerate(inputs):
             self.subscriptions.append(node.create_subscription(
                 t, topic, lambda msg, i=i: self._sync.add(i, msg), qos,
                 callback_group=callback_group))
+
+    def reset(self) -> None:
+        """Forget queued messages and last stamps (e.g. after stamps jumped back); keep the
+        subscriptions. Safe from a callback: destroying subscriptions there races the executor's
+        wait set, so only the synchroniser is replaced (subscriptions look it up per message)."""
+        if self.backend == "ours":
+            self._sync = ApproximateTimeSync(*self._args)
+            self.stats = self._sync.stats
+        else:  # message_filters keeps one dict of stamped messages per input
+            self._sync.queues = [{} for _ in self._sync.queues]
