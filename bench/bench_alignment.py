@@ -415,7 +415,7 @@ def main() -> None:
         return
     t0 = time.perf_counter()
     grid = tasks(args.quick, trials, free)
-    rob = robustness_tasks(args.quick, 3 if args.quick else 12, 2 if args.quick else 5)
+    rob = robustness_tasks(args.quick, 3 if args.quick else 12, 2 if args.quick else 15)
     with mp.get_context("fork").Pool(args.workers) as pool:
         results = []
         for i, r in enumerate(pool.imap_unordered(run_cell, grid + rob)):

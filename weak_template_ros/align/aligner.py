@@ -83,6 +83,9 @@ class AlignerConfig:
                                    "(relative) from the coarse search's", lo=0.0, hi=1.0)
     min_contrast_ratio: float = param(0.2, "not found if the mark's contrast is below this fraction of "
                                       "the template's (light-independent; 0 disables)", lo=0.0, hi=1.0)
+    min_coarse_score: float = param(0.45, "not found if the coarse gradient-field correlation is below "
+                                    "this (true marks >= 0.6 down to SNR 1; mark-free images with "
+                                    "glare <= 0.36)", lo=-1.0, hi=1.0)
     min_score: float = param(0.2, "found only if the match score is at least this", lo=0.0, hi=1.0)
     allow_contrast_reversal: bool = param(False, "accept the mark with inverted polarity")
 
@@ -252,7 +255,8 @@ def align(image: np.ndarray, template: np.ndarray | PreparedTemplate, config: Al
     image : (H, W) or (H, W, 3) uint8 / uint16 / float32 / float64
         The region of interest; no larger than needed (time grows with its area).
     template : array like ``image`` (at most its size) or a PreparedTemplate
-        A PreparedTemplate made with a different config is prepared again.
+        Prepare it once per template (:func:`prepare_template`) to save its cost per frame; a
+        PreparedTemplate made with another config than ``config`` is an InputError.
     config : AlignerConfig, default AlignerConfig()
     expected : (x, y), optional
         Where the template's reference point should be in the image (default: image centre).
@@ -333,6 +337,8 @@ def align(image: np.ndarray, template: np.ndarray | PreparedTemplate, config: Al
     if res.background != 0:
         out.contrast_ratio = res.mark_gain * prep.background / res.background
     reasons = []
+    if hit.score < cfg.min_coarse_score:
+        reasons.append(f"coarse score {hit.score:.3f} < min_coarse_score {cfg.min_coarse_score}")
     if res.score < cfg.min_score:
         reasons.append(f"score {res.score:.3f} < min_score {cfg.min_score}")
     if gain0 <= 0 and not cfg.allow_contrast_reversal:
