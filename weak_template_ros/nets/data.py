@@ -82,22 +82,26 @@ class Regime:
     contrast: float
     gradient: str = "none"
     bias: float = 0.0
+    extra: tuple = ()  # further Degradations fields as (name, value) pairs (robustness sets)
 
     @property
     def name(self) -> str:
         b = f"±{self.bias:g} px" if self.bias else "0"
-        return f"SNR {self.snr:g} / contrast {100 * self.contrast:g} % / gradient {self.gradient} / bias {b}"
+        more = "".join(f" / {k} {v:g}" for k, v in self.extra)
+        return (f"SNR {self.snr:g} / contrast {100 * self.contrast:g} % / gradient {self.gradient} / "
+                f"bias {b}{more}")
 
     @property
     def key(self) -> str:
-        return f"snr{self.snr:g}_c{100 * self.contrast:g}_{self.gradient}_b{self.bias:g}"
+        more = "".join(f"_{k}{v:g}" for k, v in self.extra)
+        return f"snr{self.snr:g}_c{100 * self.contrast:g}_{self.gradient}_b{self.bias:g}{more}"
 
     def degradations(self, rng: np.random.Generator, blur: float = 1.0) -> Degradations:
         strong = self.gradient == "strong"
         sign = 1.0 if rng.uniform() < 0.5 else -1.0
         return Degradations(contrast=self.contrast, snr=self.snr, shot_fraction=0.5, defocus_sigma=blur,
                             gradient=0.6 if strong else 0.0, vignetting=0.2 if strong else 0.0,
-                            line_width_bias=sign * self.bias)
+                            line_width_bias=sign * self.bias, **dict(self.extra))
 
 
 #: The issue's evaluation grid: SNR {1, 2, 5} x contrast {30 %, 3 %} x gradient {none, strong} x
@@ -315,7 +319,9 @@ def heldout_refiner_sample(seed: int, index: int, regimes=REGIMES, kinds=EVAL_KI
     truth = np.array([rng.uniform(-m, m), rng.uniform(-m, m), rng.uniform(-a, a), 0.0])
     img = render(spec, shape, d, pose_similarity(truth), rng)
     start = perturb(truth, rng, g["start_shift"], g["start_angle"], 0.0)
-    T = template_of(spec, shape, d.defocus_sigma)
+    # The golden template at the regime's nominal contrast (as the alignment bench makes it): the
+    # classical aligner checks the mark's contrast against the template's.
+    T = golden_template(spec, shape, d).astype(np.float32)
     return quantise(T), quantise(img), truth, start, {"kind": kind, "regime": regime.key, "snr": regime.snr,
                                   "contrast": regime.contrast, "gradient": regime.gradient,
                                   "bias": d.line_width_bias}
@@ -355,6 +361,7 @@ class DetectorBatch:
     log_scale: np.ndarray  # (B,)
     angle: np.ndarray  # (B,)
     info: list
+    jitter: np.ndarray | None = None  # (B, 2) uniform in [-1, 1]: detection-error simulation
 
 
 def placement(rng: np.random.Generator, size: float, scale: float, angle: float, image_size: int,
@@ -412,7 +419,9 @@ def detector_training_batch(seed: int, step: int, batch: int, twin: TwinConfig, 
         rng = np.random.default_rng([seed, TRAIN_STREAM, step, g])
         samples += detector_group(rng, twin, s)
         g += 1
-    return stack_detector(samples[:batch])
+    out = stack_detector(samples[:batch])
+    out.jitter = np.random.default_rng([seed, TRAIN_STREAM, step, 10_000]).uniform(-1, 1, (batch, 2))
+    return out
 
 
 #: Held-out detector geometry: 256x256 images, 64 px marks (canonical scale), scale 0.8-1.25,
@@ -434,10 +443,10 @@ def heldout_detector_sample(seed: int, index: int, regimes=REGIMES, kinds=EVAL_K
 def _heldout_detector(rng, kind, kinds, regime) -> tuple:
     s = HELDOUT_DETECTOR
     spec = MarkSpec(kind, 64.0, 6.0)
-    T = template_of(spec, (s.template_size, s.template_size), 1.0)
-    box = mark_box(T)
     n = s.image_size
     d = regime.degradations(rng)
+    T = golden_template(spec, (s.template_size, s.template_size), d).astype(np.float32)
+    box = mark_box(T)
     scale = float(math.exp(rng.uniform(math.log(s.scale_min), math.log(s.scale_max))))
     angle = float(rng.uniform(-s.max_angle, s.max_angle))
     tx, ty = placement(rng, spec.size, scale, angle, n)

@@ -52,9 +52,19 @@ def run_refiner(refiner: LearnedRefiner, samples: list[tuple]) -> tuple[np.ndarr
 
 
 def evaluate_refiner(refiner: LearnedRefiner, samples: list[tuple]) -> dict:
-    """Held-out refiner metrics."""
+    """Held-out refiner metrics, with the classical aligner's RMS on the same images for reference
+    (it searches on its own, from no start)."""
     pose, cov = run_refiner(refiner, samples)
-    return refiner_metrics(samples, pose, cov)
+    out = refiner_metrics(samples, pose, cov)
+    from weak_template_ros.align import AlignerConfig, align
+
+    cfg = AlignerConfig(motion=refiner.motion)
+    err = []
+    for s in samples:
+        r = align(s[1], s[0], cfg)
+        err.append(math.hypot(r.dx - s[2][0], r.dy - s[2][1]) if math.isfinite(r.dx) else math.inf)
+    out["classical_rms_px"] = float(np.sqrt(np.mean(np.square(err))))
+    return out
 
 
 def detector_metrics(samples: list[tuple], best: list[Detection | None], threshold: float,

@@ -245,8 +245,14 @@ class LearnedDetector:
             k = self.model.kernel(tc, centre, torch.tensor([extent * f], dtype=torch.float32))
         return DetectorTemplate(tuple(t.shape[-2:]), (cx, cy, extent), f, k)
 
-    def maps(self, image, template) -> tuple[dict, DetectorTemplate, float]:
-        """Raw output maps for one image (canonical scale) and the template used."""
+    def detect(self, image, template, max_detections: int = 5, min_score: float = 0.0,
+               scale: float | None = None) -> list[Detection]:
+        """Detections of the template's mark, best first (peaks of the heat map after 3x3 NMS,
+        then the pose stage at each peak). ``scale``: the mark's scale when it is known (fixed
+        magnification); it also sharpens the centre of marks whose centre is off their ink
+        (an L-corner's centre moves with the scale)."""
+        if scale is not None and not (scale > 0 and math.isfinite(scale)):
+            raise InputError("scale", "a positive scale or None", scale)
         img = ops.as_batch(image, "image")
         prep = template if isinstance(template, DetectorTemplate) else self.prepare(template)
         H, W = img.shape[-2:]
@@ -254,19 +260,26 @@ class LearnedDetector:
             raise InputError("template", f"at most the image size {W}x{H} px",
                              f"a template of {prep.shape[1]}x{prep.shape[0]} px")
         ic = _resample(img, prep.factor)
+        f = ic.shape[-1] / W
         with torch.inference_mode(), self._threads():
             out = self.model(prep.kernel, ic)
-        return out, prep, ic.shape[-1] / W
+            peaks = heat_peaks(out, max_detections, min_score)[0]
+            if not peaks:
+                return []
+            centre = torch.tensor([[x, y] for _, x, y in peaks], dtype=torch.float32)
+            n = len(peaks)
+            pose = self.model.pose(out["features"].expand(n, -1, -1, -1), prep.kernel.expand(n, -1, -1, -1),
+                                   centre, torch.full((n,), prep.box[2] * prep.factor),
+                                   log_scale=None if scale is None else math.log(scale))
+        return [Detection((float(c[0]) + 0.5) / f - 0.5, (float(c[1]) + 0.5) / f - 0.5, math.exp(float(ls)),
+                          float(a), float(sc))
+                for (sc, _, _), a, ls, c in zip(peaks, pose["angle"], pose["log_scale"], pose["centre"],
+                                                strict=True)]
 
-    def detect(self, image, template, max_detections: int = 5, min_score: float = 0.0) -> list[Detection]:
-        """Detections of the template's mark, best first (peaks of the heat map, 3x3 NMS)."""
-        out, prep, f = self.maps(image, template)
-        return decode(out, f, max_detections, min_score)[0]
 
-
-def decode(out: dict, factor: float | torch.Tensor, max_detections: int = 5, min_score: float = 0.0
-           ) -> list[list[Detection]]:
-    """Detections per batch item from detector maps (canonical scale ``factor`` x the image)."""
+def heat_peaks(out: dict, max_detections: int = 5, min_score: float = 0.0) -> list[list[tuple]]:
+    """Per batch item, up to ``max_detections`` (score, x, y) heat-map peaks (3x3 NMS), x, y in
+    canonical pixels (cell centre + regressed offset)."""
     heat = torch.sigmoid(out["heat"])
     B, h, w = heat.shape
     peaks = heat * (F.max_pool2d(heat[:, None], 3, 1, 1)[:, 0] == heat)
@@ -274,18 +287,14 @@ def decode(out: dict, factor: float | torch.Tensor, max_detections: int = 5, min
     scores, idx = peaks.reshape(B, -1).topk(k, dim=1)
     res = []
     for b in range(B):
-        f = float(factor[b]) if isinstance(factor, torch.Tensor) else float(factor)
-        dets = []
+        found = []
         for s, i in zip(scores[b].tolist(), idx[b].tolist(), strict=True):
             if s < min_score or s <= 0:
                 continue
             r, c = divmod(i, w)
-            xc = STRIDE * (c + float(out["offset"][b, 0, r, c])) + (STRIDE - 1) / 2.0
-            yc = STRIDE * (r + float(out["offset"][b, 1, r, c])) + (STRIDE - 1) / 2.0
-            dets.append(Detection((xc + 0.5) / f - 0.5, (yc + 0.5) / f - 0.5,
-                                  math.exp(float(out["log_scale"][b, r, c])), float(out["angle"][b, r, c]),
-                                  float(s)))
-        res.append(dets)
+            found.append((float(s), STRIDE * (c + float(out["offset"][b, 0, r, c])) + (STRIDE - 1) / 2.0,
+                          STRIDE * (r + float(out["offset"][b, 1, r, c])) + (STRIDE - 1) / 2.0))
+        res.append(found)
     return res
 
 
@@ -297,4 +306,4 @@ def check_image_pair(image, template) -> None:
 
 
 __all__ = ["Detection", "DetectorTemplate", "LearnedDetector", "LearnedRefiner", "RefinerTemplate",
-           "check_image_pair", "decode"]
+           "check_image_pair", "heat_peaks"]

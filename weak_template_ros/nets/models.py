@@ -98,6 +98,11 @@ class FeatureNet(nn.Module):
                 mods.append(nn.ReLU(inplace=True))
             c_in = c_out
         self.net = nn.Sequential(*mods) if features > 0 else None
+        if self.net is not None:
+            # Learned channels start near zero: the untrained refiner is intensity Lucas–Kanade
+            # (which already works) and training adds what helps.
+            with torch.no_grad():
+                self.net[-1].weight.mul_(0.01)
         self.raw_gain = nn.Parameter(torch.ones(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -291,21 +296,37 @@ class DetectorArch:
     crop_factor: float = param(1.25, "template crop side / mark extent", lo=1.0, hi=3.0)
     highpass_sigma: float = param(12.0, "input normalisation: Gaussian local-mean scale at the "
                                   "canonical scale", lo=1.0, hi=256.0, unit="px")
-    max_angle: float = param(0.6, "angle output range (+-), rad", lo=0.05, hi=math.pi, unit="rad")
+    max_angle: float = param(0.524, "angle bank range (+-)", lo=0.0, hi=math.pi, unit="rad")
+    angle_bins: int = param(7, "angles of the bank (odd: 0 included)", lo=1, hi=361)
+    max_log_scale: float = param(0.223, "log-scale bank range (+-)", lo=0.0, hi=2.0)
+    scale_bins: int = param(5, "scales of the bank (odd: 1 included)", lo=1, hi=101)
 
     def __post_init__(self):
         validate(self)
-        if self.kernel % 2 == 0:
-            from weak_template_ros.errors import InputError
+        from weak_template_ros.errors import InputError
 
-            raise InputError("kernel", "an odd number of cells", self.kernel)
+        for name in ("kernel", "angle_bins", "scale_bins"):
+            if getattr(self, name) % 2 == 0:
+                raise InputError(name, "an odd number", getattr(self, name))
+
+    def bank(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(angles (A,), log scales (S,)) of the pose bank."""
+        return (torch.linspace(-self.max_angle, self.max_angle, self.angle_bins),
+                torch.linspace(-self.max_log_scale, self.max_log_scale, self.scale_bins))
 
 
 STRIDE = 4
 
 
 class DetectorNet(nn.Module):
-    """Template-conditioned detector (see the module docstring). Output maps are at stride 4."""
+    """Template-conditioned detector (see the module docstring). Output maps are at stride 4.
+
+    Two stages: (1) the channel-wise correlation of the template kernel with the image features
+    feeds a head that regresses the centre heat map and the sub-cell centre offset; (2) at a
+    centre, image features are cropped (RoIAlign-like, :func:`.ops.crop`) rotated and scaled by
+    each pose of a bank, compared with the template kernel (cosine similarity), and the angle and
+    log scale are the soft-argmax over the bank.
+    """
 
     def __init__(self, arch: DetectorArch):
         super().__init__()
@@ -314,20 +335,26 @@ class DetectorNet(nn.Module):
         h = c // 2
 
         def conv(i, o, s=1, d=1):
-            return nn.Conv2d(i, o, 3, stride=s, padding=d, dilation=d, padding_mode="replicate")
+            # Group norm: trains from scratch in a few hundred steps; per image, so inference
+            # does not depend on the batch.
+            return [nn.Conv2d(i, o, 3, stride=s, padding=d, dilation=d, padding_mode="replicate"),
+                    nn.GroupNorm(max(o // 8, 1), o), nn.ReLU(inplace=True)]
 
-        self.backbone = nn.Sequential(conv(1, h), nn.ReLU(inplace=True), conv(h, c, 2), nn.ReLU(inplace=True),
-                                      conv(c, c), nn.ReLU(inplace=True), conv(c, c, 2), nn.ReLU(inplace=True),
-                                      conv(c, c, 1, 2))
+        # Downsample early (the costly layers run at stride 4), then widen the receptive field.
+        self.backbone = nn.Sequential(*conv(1, h), *conv(h, (h + c) // 2, 2), *conv((h + c) // 2, c, 2),
+                                      *conv(c, c), nn.Conv2d(c, c, 3, padding=2, dilation=2,
+                                                             padding_mode="replicate"))
         hc = arch.head_channels
-        self.head = nn.Sequential(nn.Conv2d(c, hc, 3, padding=1), nn.ReLU(inplace=True),
-                                  nn.Conv2d(hc, hc, 3, padding=2, dilation=2), nn.ReLU(inplace=True),
-                                  nn.Conv2d(hc, 5, 1))
+        self.head = nn.Sequential(nn.Conv2d(c, hc, 3, padding=1), nn.GroupNorm(max(hc // 8, 1), hc),
+                                  nn.ReLU(inplace=True), nn.Conv2d(hc, hc, 3, padding=2, dilation=2),
+                                  nn.GroupNorm(max(hc // 8, 1), hc), nn.ReLU(inplace=True),
+                                  nn.Conv2d(hc, 3, 1))
         # Heat-map prior of 1 % (CenterNet): training starts without a flood of positives.
         nn.init.constant_(self.head[-1].bias, 0.0)
         with torch.no_grad():
             self.head[-1].bias[0] = -math.log(99.0)
         self.response_gain = nn.Parameter(torch.ones(1))
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(20.0)))
 
     def kernel(self, template: torch.Tensor, centre: torch.Tensor, extent: torch.Tensor) -> torch.Tensor:
         """Template kernels (B, C, K, K) from canonical-scale templates (B, 1, h, w), the mark
@@ -339,7 +366,7 @@ class DetectorNet(nn.Module):
 
     def forward(self, kernel: torch.Tensor, image: torch.Tensor) -> dict:
         """Maps for canonical-scale images (B, 1, H, W): ``heat`` logits (B, H/4, W/4), ``offset``
-        (B, 2, ., .) in cells, ``log_scale`` and ``angle`` (B, ., .)."""
+        (B, 2, H/4, W/4) in cells, and the image ``features`` (for :meth:`pose`)."""
         fi = self.backbone(ops.normalise(image, self.arch.highpass_sigma))
         B, C, h, w = fi.shape
         K = kernel.shape[-1]
@@ -347,5 +374,64 @@ class DetectorNet(nn.Module):
                         groups=B * C)
         resp = resp.reshape(B, C, h, w) * (self.response_gain / (K * K))
         out = self.head(resp)
-        return {"heat": out[:, 0], "offset": out[:, 1:3], "log_scale": out[:, 3],
-                "angle": self.arch.max_angle * torch.tanh(out[:, 4])}
+        return {"heat": out[:, 0], "offset": out[:, 1:3], "features": fi}
+
+    def _similarities(self, features: torch.Tensor, kernel: torch.Tensor, centre: torch.Tensor,
+                      size: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity (B, J) of the kernel with image-feature crops (RoIAlign-like) of side
+        ``size`` (B,) px at ``poses`` (B, J, 4) = (dx, dy, theta, log s) around ``centre`` (B, 2)."""
+        B, C = features.shape[:2]
+        J = poses.shape[1]
+        K = self.arch.kernel
+        g = (torch.arange(K, dtype=features.dtype, device=features.device) - (K - 1) / 2) / K
+        gy, gx = torch.meshgrid(g, g, indexing="ij")
+        grid = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)  # (K², 2) crop units
+        lin = ops.linear(poses.reshape(-1, 4)).reshape(B, J, 2, 2)  # s R(theta)
+        c = centre - (STRIDE - 1) / 2.0  # canonical px -> cell-centred px
+        x = (c[:, None, None, :] + poses[:, :, None, :2]
+             + size[:, None, None, None] * torch.einsum("bjxy,ny->bjnx", lin, grid))
+        v, _ = ops.sample(features, x.reshape(B, -1, 2) / STRIDE)  # (B, C, J K²)
+        crops = v.reshape(B, C, J, K * K).transpose(1, 2).reshape(B, J, -1)
+        k = kernel.reshape(B, 1, -1)
+        return (crops * k).sum(-1) / (crops.norm(dim=-1) * k.norm(dim=-1)).clamp_min(1e-9)
+
+    def pose(self, features: torch.Tensor, kernel: torch.Tensor, centre: torch.Tensor,
+             extent: torch.Tensor, search: int = 3, log_scale: float | None = None) -> dict:
+        """Angle, log scale and refined centre of the mark near ``centre`` (B, 2) canonical px
+        (template mark extent ``extent`` (B,) px), by soft-argmax over crops compared with the
+        template kernel: the (angle, scale) bank at the centre, then a (2 search + 1)² grid of
+        one-cell shifts at that pose, then the bank again at the refined centre.
+
+        Returns ``angle``, ``log_scale`` (B,), ``centre`` (B, 2) and the ``logits`` of the three
+        stages (``bank0`` (B, A, S), ``shift`` (B, n, n), ``bank`` (B, A, S)). A known
+        ``log_scale`` replaces the scale axis of the bank by that value.
+        """
+        angles, logs = (t.to(features.device) for t in self.arch.bank())
+        if log_scale is not None:
+            logs = logs.new_tensor([float(log_scale)])
+        A, S = len(angles), len(logs)
+        B = features.shape[0]
+        size = extent * self.arch.crop_factor
+        tau = torch.exp(self.log_temperature)
+        zeros = torch.zeros(A * S, device=features.device)
+        bank = torch.stack([zeros, zeros, angles[:, None].expand(A, S).reshape(-1),
+                            logs[None, :].expand(A, S).reshape(-1)], 1)
+
+        def on_bank(c):
+            logit = tau * self._similarities(features, kernel, c, size, bank[None].expand(B, -1, -1))
+            p = torch.softmax(logit, -1).reshape(B, A, S)
+            return logit.reshape(B, A, S), (p.sum(2) * angles).sum(1), (p.sum(1) * logs).sum(1)
+
+        logit0, a0, s0 = on_bank(centre)
+        n = 2 * search + 1
+        d = STRIDE * torch.arange(-search, search + 1, dtype=features.dtype, device=features.device)
+        dy, dx = torch.meshgrid(d, d, indexing="ij")
+        shifts = torch.stack([dx.reshape(-1), dy.reshape(-1)], 1)  # (n², 2) px
+        poses = torch.cat([shifts[None].expand(B, -1, -1), a0[:, None, None].expand(B, n * n, 1),
+                           s0[:, None, None].expand(B, n * n, 1)], -1)
+        logit_t = tau * self._similarities(features, kernel, centre, size, poses)
+        pt = torch.softmax(logit_t, -1)
+        refined = centre + (pt[..., None] * shifts[None]).sum(1)
+        logit1, a1, s1 = on_bank(refined)
+        return {"angle": a1, "log_scale": s1, "centre": refined, "logits": logit1, "bank0": logit0,
+                "shift": logit_t.reshape(B, n, n)}

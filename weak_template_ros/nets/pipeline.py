@@ -53,9 +53,11 @@ class MarkPipelineConfig:
     refiner_weights: str = param("", "refiner weight file ('': the shipped weights)")
     use_detector: bool = param(True, "learned / hybrid: start from the detector (False: from the "
                                "expected position)")
-    min_detection_score: float = param(0.3, "the detector's mark must score at least this", lo=0.0, hi=1.0)
-    learned_min_score: float = param(0.3, "learned: found only if the refiner's feature-space fit "
-                                     "score is at least this", lo=0.0, hi=1.0)
+    min_detection_score: float = param(0.1, "the detector's best peak must score at least this (a "
+                                       "pre-filter: the refiner's score decides)", lo=0.0, hi=1.0)
+    learned_min_score: float = param(0.15, "learned: found only if the refiner's feature-space fit "
+                                     "score is at least this (mark-free images score ~0.03, SNR 1 "
+                                     "marks ~0.3)", lo=0.0, hi=1.0)
     hybrid_max_shift: float = param(3.0, "hybrid: classical search window around the learned "
                                     "estimate (+-)", lo=0.5, hi=1000.0, unit="px")
     refiner_levels: int = param(3, "refiner pyramid levels", lo=1, hi=5)
@@ -132,7 +134,8 @@ class MarkAligner:
         start, det_score = Similarity(), math.nan
         if self.detector is not None:
             dp = prep["detector"]
-            dets = self.detector.detect(img, dp, max_detections=1)
+            known = 1.0 if cfg.aligner.motion != "similarity" else None  # fixed magnification
+            dets = self.detector.detect(img, dp, max_detections=1, scale=known)
             if not dets or dets[0].score < cfg.min_detection_score:
                 best = f"{dets[0].score:.3f}" if dets else "none"
                 return AlignmentResult(False, reason=f"learned detector: no mark (best score {best} < "

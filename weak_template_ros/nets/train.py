@@ -58,6 +58,8 @@ class RefinerTrainConfig:
     lr_final: float = param(0.05, "final learning rate as a fraction of lr", lo=0.0, hi=1.0)
     grad_clip: float = param(1.0, "gradient norm clip", lo=0.0, hi=1e6)
     motion: str = param("similarity", "motion model trained", choices=MOTIONS)
+    eval_motion: str = param("euclidean", "motion model of the held-out scoring (the bench's: fixed "
+                             "magnification)", choices=MOTIONS)
     iteration_decay: float = param(0.8, "weight of iteration i's corner loss: decay^(last - i)", lo=0.0,
                                    hi=1.0)
     photometric_weight: float = param(0.2, "weight of the photometric-consistency loss (1 - NCC)", lo=0.0,
@@ -86,14 +88,16 @@ class DetectorTrainConfig:
     """Training of the detector (YAML: config/nets_detector*.yaml)."""
 
     seed: int = param(0, "random seed: model initialisation and every batch", lo=0, hi=2**31 - 1)
-    steps: int = param(600, "optimiser steps", lo=1, hi=10_000_000)
-    batch: int = param(16, "samples per step", lo=1, hi=4096)
+    steps: int = param(850, "optimiser steps", lo=1, hi=10_000_000)
+    batch: int = param(12, "samples per step", lo=1, hi=4096)
     lr: float = param(2e-3, "Adam learning rate (cosine decay)", lo=1e-7, hi=1.0)
     lr_final: float = param(0.05, "final learning rate as a fraction of lr", lo=0.0, hi=1.0)
     grad_clip: float = param(5.0, "gradient norm clip", lo=0.0, hi=1e6)
     heat_sigma: float = param(1.0, "Gaussian radius of the centre heat-map target", lo=0.3, hi=10.0,
                               unit="cells")
-    regression_weight: float = param(1.0, "weight of offset / scale / angle losses", lo=0.0, hi=100.0)
+    regression_weight: float = param(1.0, "weight of the offset and pose-bank losses", lo=0.0, hi=100.0)
+    pose_jitter: float = param(8.0, "the pose stage is trained at the true centre moved by up to this",
+                               lo=0.0, hi=64.0, unit="px")
     score_threshold: float = param(0.5, "operating threshold of the held-out metrics", lo=0.0, hi=1.0)
     device: str = param("cpu", "torch device: cpu, cuda, cuda:N or auto (CUDA if present); held-out "
                         "scoring and the saved weights are always on the CPU")
@@ -169,13 +173,14 @@ def refiner_loss(model: RefinerNet, b: D.RefinerBatch, cfg: RefinerTrainConfig) 
     loss = pose_loss + cfg.photometric_weight * photo + cfg.nll_weight * nll
     err = (out["pose"][:, :2] - truth[:, :2]).norm(dim=-1).detach()
     err0 = (start[:, :2] - truth[:, :2]).norm(dim=-1)
-    return loss, {"loss": float(loss), "corner_px": float(pose_loss), "ncc": float(ncc.mean()),
+    return loss, {"loss": float(loss.detach()), "corner_px": float(pose_loss.detach()),
+                  "ncc": float(ncc.detach().mean()),
                   "err_px": float(err.median()), "start_px": float(err0.median()),
-                  "kappa": float(kappa)}
+                  "kappa": float(kappa.detach())}
 
 
 def detector_targets(b: D.DetectorBatch, h: int, w: int, sigma: float) -> dict:
-    """Heat map (B, h, w), regression mask and targets at the cells near each true centre."""
+    """Heat map (B, h, w), offset-regression mask and offsets (cells) near each true centre."""
     B = len(b.present)
     heat = np.zeros((B, h, w), np.float32)
     mask = np.zeros((B, h, w), np.float32)
@@ -196,19 +201,20 @@ def detector_targets(b: D.DetectorBatch, h: int, w: int, sigma: float) -> dict:
         mask[i] = near
         off[i, 0] = cx - xs
         off[i, 1] = cy - ys
-    return {"heat": torch.from_numpy(heat), "mask": torch.from_numpy(mask), "offset": torch.from_numpy(off),
-            "log_scale": torch.tensor(b.log_scale, dtype=torch.float32)[:, None, None].expand(B, h, w),
-            "angle": torch.tensor(b.angle, dtype=torch.float32)[:, None, None].expand(B, h, w)}
+    return {"heat": torch.from_numpy(heat), "mask": torch.from_numpy(mask), "offset": torch.from_numpy(off)}
 
 
 def detector_loss(model: DetectorNet, b: D.DetectorBatch, cfg: DetectorTrainConfig
                   ) -> tuple[torch.Tensor, dict]:
-    """CenterNet focal loss on the heat map + smooth-L1 offset, log-scale and angle regression."""
+    """CenterNet focal loss on the heat map + smooth-L1 offsets + the pose bank: cross-entropy of
+    its logits against a Gaussian around the true (angle, log scale) and smooth L1 of the
+    soft-argmax, both at the true centre moved by up to ``pose_jitter`` px (a detection's error)."""
     dev = model.response_gain.device
     T = torch.from_numpy(b.template)[:, None].to(dev)
     img = torch.from_numpy(b.image)[:, None].to(dev)
     box = torch.tensor(b.box, dtype=torch.float32, device=dev)
-    out = model(model.kernel(T, box[:, :2], box[:, 2]), img)
+    kernel = model.kernel(T, box[:, :2], box[:, 2])
+    out = model(kernel, img)
     h, w = out["heat"].shape[-2:]
     t = {k: v.to(dev) for k, v in detector_targets(b, h, w, cfg.heat_sigma).items()}
     p = torch.sigmoid(out["heat"]).clamp(1e-4, 1 - 1e-4)
@@ -217,14 +223,45 @@ def detector_loss(model: DetectorNet, b: D.DetectorBatch, cfg: DetectorTrainConf
               + (1 - pos) * (1 - t["heat"]) ** 4 * p ** 2 * torch.log(1 - p)).sum() / pos.sum().clamp_min(1.0)
     m = t["mask"]
     nm = m.sum().clamp_min(1.0)
+    offset = sum((F.smooth_l1_loss(out["offset"][:, i], t["offset"][:, i], reduction="none", beta=0.1) * m
+                  ).sum() / nm for i in range(2))
+    stats = {"focal": float(focal.detach()), "offset": float(offset.detach())}
+    loss = focal + cfg.regression_weight * offset
+    present = np.flatnonzero(b.present)
+    if len(present):
+        idx = torch.from_numpy(present).to(dev)
+        jitter = cfg.pose_jitter * (b.jitter[present] if b.jitter is not None else 0.0)
+        centre = torch.tensor(b.centre[present] + jitter, dtype=torch.float32, device=dev)
+        pose = model.pose(out["features"][idx], kernel[idx], centre, box[idx, 2])
+        angles, logs = (t.to(dev) for t in model.arch.bank())
+        da = float(angles[1] - angles[0]) if len(angles) > 1 else 1.0
+        dl = float(logs[1] - logs[0]) if len(logs) > 1 else 1.0
+        ta = torch.tensor(b.angle[present], dtype=torch.float32, device=dev)
+        tl = torch.tensor(b.log_scale[present], dtype=torch.float32, device=dev)
+        tc = torch.tensor(b.centre[present], dtype=torch.float32, device=dev)
 
-    def reg(a, b_):
-        return (F.smooth_l1_loss(a, b_, reduction="none", beta=0.1) * m).sum() / nm
+        def soft_ce(logits, target):
+            target = target / target.sum(tuple(range(1, target.dim())), keepdim=True)
+            lp = torch.log_softmax(logits.reshape(len(idx), -1), -1).reshape_as(target)
+            return -(target * lp).sum(tuple(range(1, target.dim()))).mean()
 
-    regression = (reg(out["offset"][:, 0], t["offset"][:, 0]) + reg(out["offset"][:, 1], t["offset"][:, 1])
-                  + reg(out["log_scale"], t["log_scale"]) + reg(out["angle"], t["angle"]))
-    loss = focal + cfg.regression_weight * regression
-    return loss, {"loss": float(loss), "focal": float(focal), "regression": float(regression)}
+        bank_target = torch.exp(-0.5 * (((angles[None, :, None] - ta[:, None, None]) / da) ** 2
+                                        + ((logs[None, None, :] - tl[:, None, None]) / dl) ** 2))
+        n = pose["shift"].shape[-1]
+        d = STRIDE * (torch.arange(n, dtype=torch.float32, device=dev) - (n - 1) / 2)
+        off = tc - centre  # where the truth is relative to the jittered centre, px
+        shift_target = torch.exp(-0.5 * (((d[None, None, :] - off[:, 0, None, None]) / STRIDE) ** 2
+                                         + ((d[None, :, None] - off[:, 1, None, None]) / STRIDE) ** 2))
+        ce = (soft_ce(pose["bank0"], bank_target) + soft_ce(pose["logits"], bank_target)
+              + soft_ce(pose["shift"], shift_target))
+        reg = (F.smooth_l1_loss(pose["angle"] / da, ta / da, beta=0.1)
+               + F.smooth_l1_loss(pose["log_scale"] / dl, tl / dl, beta=0.1)
+               + F.smooth_l1_loss(pose["centre"] / STRIDE, tc / STRIDE, beta=0.1))
+        loss = loss + cfg.regression_weight * (ce + reg)
+        stats.update(pose_ce=float(ce.detach()),
+                     angle_deg=float((pose["angle"] - ta).abs().mean().detach()) * 180 / math.pi,
+                     centre_px=float((pose["centre"] - tc).norm(dim=-1).mean().detach()))
+    return loss, {"loss": float(loss.detach()), **stats}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,7 +277,11 @@ class _Batches(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         c = self.cfg
-        for step in range(self.start, c.steps):
+        info = torch.utils.data.get_worker_info()
+        # Worker w of n renders steps start + w, start + w + n, ...; the DataLoader takes them
+        # round-robin, so the steps arrive in order.
+        first, stride = (0, 1) if info is None else (info.id, info.num_workers)
+        for step in range(self.start + first, c.steps, stride):
             if self.kind == "refiner":
                 yield step, D.refiner_training_batch(c.seed, step, c.batch, c.twin, c.sampling)
             else:
@@ -259,8 +300,10 @@ def _worker_init(_):
 
 
 def _lr(cfg, step: int) -> float:
+    """Linear warm-up over the first 5 % of the steps, then cosine decay to ``lr_final``."""
+    warm = max(cfg.steps // 20, 1)
     f = 0.5 * (1 + math.cos(math.pi * min(step / max(cfg.steps, 1), 1.0)))
-    return cfg.lr * (cfg.lr_final + (1 - cfg.lr_final) * f)
+    return cfg.lr * min(1.0, (step + 1) / warm) * (cfg.lr_final + (1 - cfg.lr_final) * f)
 
 
 def hardware(device: str = "cpu") -> dict:
@@ -281,8 +324,12 @@ def heldout(kind: str, cfg, out: Path) -> tuple[list[tuple], str]:
     and was drawn with the same seed and size, else drawn and written there. (samples, sha256)"""
     path = out / "heldout.npz"
     if path.is_file():
-        header, samples = D.load_heldout(path)
-        if header["kind"] == kind and header["seed"] == cfg.heldout_seed and header["n"] == cfg.heldout_n:
+        try:
+            header, samples = D.load_heldout(path)
+        except InputError:  # another format version or a damaged file: draw it again
+            header = {}
+        if header.get("kind") == kind and header.get("seed") == cfg.heldout_seed \
+                and header.get("n") == cfg.heldout_n:
             return samples, header["sha256"]
     samples = D.heldout_samples(kind, cfg.heldout_seed, cfg.heldout_n)
     return samples, D.save_heldout(path, kind, cfg.heldout_seed, samples)
@@ -291,7 +338,7 @@ def heldout(kind: str, cfg, out: Path) -> tuple[list[tuple], str]:
 def score(kind: str, model: torch.nn.Module, cfg, samples: list[tuple]) -> dict:
     """Held-out metrics of a model in memory, as the card records them (inference path, one thread)."""
     if kind == "refiner":
-        return evaluate_refiner(LearnedRefiner(model, SolverConfig(), cfg.motion), samples)
+        return evaluate_refiner(LearnedRefiner(model, SolverConfig(), cfg.eval_motion), samples)
     return evaluate_detector(LearnedDetector(model), samples, cfg.score_threshold)
 
 
@@ -312,7 +359,11 @@ def train(kind: str, cfg, out: str | Path, resume: bool = True,
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     model = _build(kind, cfg).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    # The covariance calibration (one scalar, to move by ~log 5) learns with a 20x learning rate.
+    calib = [p for n, p in model.named_parameters() if n == "log_kappa"]
+    rest = [p for n, p in model.named_parameters() if n != "log_kappa"]
+    groups = [{"params": rest, "lr_scale": 1.0}] + ([{"params": calib, "lr_scale": 20.0}] if calib else [])
+    opt = torch.optim.Adam(groups, lr=cfg.lr)
     ckpt = out / "checkpoint.pt"
     start, elapsed, cpu, skipped = 0, 0.0, 0.0, 0
     cfg_dict = json.loads(json.dumps(to_dict(cfg)))
@@ -339,7 +390,7 @@ def train(kind: str, cfg, out: str | Path, resume: bool = True,
         model.train()
         for step, batch in loader:
             for g in opt.param_groups:
-                g["lr"] = _lr(cfg, step)
+                g["lr"] = _lr(cfg, step) * g["lr_scale"]
             loss, stats = loss_fn(model, batch, cfg)
             opt.zero_grad(set_to_none=True)
             if torch.isfinite(loss):
@@ -416,6 +467,8 @@ def model_card(kind, cfg, cfg_dict, wall_s, cpu_s, skipped, history, digest, n_h
                      "threads": cfg.threads, "data_workers": cfg.workers, "skipped_steps": skipped,
                      "hardware": hardware(cfg.device), "config": cfg_dict, "history_tail": history[-5:]},
         "heldout": {"seed": cfg.heldout_seed, "n": n_heldout, "sha256": digest, "description": heldout_desc,
+                    "scored_with": ({"motion": cfg.eval_motion, "solver": to_dict(SolverConfig())}
+                                    if kind == "refiner" else {"threshold": cfg.score_threshold}),
                     "regimes": [r.key for r in D.REGIMES], "metrics": metrics,
                     "subset_n": min(cfg.heldout_subset, n_heldout), "subset_metrics": subset},
     }
@@ -450,7 +503,8 @@ def card_markdown(card: dict) -> str:
          f"{_fmt(hw['load_average_at_end'])} at the end), torch {hw['torch']}, CPU only", "",
          "## Held-out metrics", "",
          f"Held-out set: seed {h['seed']}, {h['n']} samples ({h['description']}); sha256 of its arrays "
-         f"`{h['sha256'][:16]}…`.", "", f"| metric | all | first {h['subset_n']} |", "|---|---|---|"]
+         f"`{h['sha256'][:16]}…`. Scored with {json.dumps(h['scored_with'])}.", "",
+         f"| metric | all | first {h['subset_n']} |", "|---|---|---|"]
     for k, v in h["metrics"].items():
         L.append(f"| {k} | {_fmt(v)} | {_fmt(h['subset_metrics'].get(k))} |")
     L += ["", "The tests re-score the shipped weights on the first samples (redrawn from the seed) and "
