@@ -41,6 +41,7 @@ HELDOUT_VERSION = 1
 # Streams of the seed sequence [seed, stream, index]: training and held-out never share one.
 TRAIN_STREAM = 0
 HELDOUT_STREAM = 1
+VALID_STREAM = 2  # validation during training (training distribution, never trained on)
 
 
 @dataclass
