@@ -5,6 +5,7 @@ from __future__ import annotations
 # Command modules register themselves on import (one module per concept).
 from weak_template_ros.cli import (
     align_cmds,  # noqa: F401  generate marks, align
+    eval_cmds,  # noqa: F401  eval (BOP metrics of the pose pipeline)
     linemod_cmds,  # noqa: F401  templates build, detect
     nets_cmds,  # noqa: F401  train detector|refiner
     ros_cmds,  # noqa: F401  replay
