@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import sys
 from collections.abc import Callable, Sequence
 
@@ -48,7 +49,7 @@ def run_node(make_node: Callable[..., object], args: Sequence[str] | None = None
         try:
             executor.spin()
         finally:
-            executor.shutdown(timeout_sec=1.0)
+            stop_executor(executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except InputError as e:  # a bad parameter or source given at start: one line, no traceback
@@ -61,10 +62,26 @@ def run_node(make_node: Callable[..., object], args: Sequence[str] | None = None
     return status
 
 
+def stop_executor(executor) -> None:
+    """Stop ``executor`` and wait until no callback of it runs any more.
+
+    rclpy Jazzy's ``Executor.shutdown`` does not wait for running callbacks (it tests its
+    shutdown flag right after setting it) and ``MultiThreadedExecutor`` leaves its thread pool
+    running: a node destroyed while a pool thread is still inside a callback crashed the aligner
+    with SIGSEGV on SIGINT (seen in CI). So the pool is shut down and joined here, queued
+    callbacks cancelled, before the caller destroys the node.
+    """
+    executor.shutdown(timeout_sec=0)
+    pool = getattr(executor, "_executor", None)  # MultiThreadedExecutor's ThreadPoolExecutor
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def node_main(make_node: Callable[..., object], num_threads: int | None = None) -> Callable[[], None]:
     """A console-script entry point ``main()`` running ``make_node`` (exits with its status)."""
 
     def main() -> None:
+        faulthandler.enable()  # a crash in a C extension prints the Python stacks of every thread
         sys.exit(run_node(make_node, num_threads=num_threads))
 
     main.__doc__ = f"Run {getattr(make_node, '__name__', 'the node')} (console script entry)."

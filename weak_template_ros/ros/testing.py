@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from weak_template_ros.ros.loopback import require_loopback_env, use_loopback_env
+from weak_template_ros.ros.node_main import stop_executor
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
@@ -71,8 +72,9 @@ def ros_session(num_threads: int = 4) -> Iterator[RosSession]:
     try:
         yield session
     finally:
-        executor.shutdown(timeout_sec=2.0)
+        executor.shutdown(timeout_sec=0)
         thread.join(timeout=5.0)
+        stop_executor(executor)  # join the callback threads before the nodes go
         for node in reversed(session.nodes):
             node.destroy_node()
         rclpy.try_shutdown(context=context)
