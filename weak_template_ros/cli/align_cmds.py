@@ -9,21 +9,7 @@ import typer
 
 from weak_template_ros.cli.apps import app, generate_app
 from weak_template_ros.cli.common import console, print_json, progress, user_errors
-
-
-def _read_image(path: Path, what: str):
-    import cv2
-
-    from weak_template_ros.errors import InputError
-
-    if not path.is_file():
-        raise InputError(what, "an existing image file", str(path))
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise InputError(what, "a readable image (PNG, TIFF, ...)", str(path))
-    if img.ndim == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-    return img
+from weak_template_ros.image_io import read_image
 
 
 @generate_app.command("marks")
@@ -91,8 +77,8 @@ def align_cmd(
         if motion is not None:
             cfg = dataclasses.replace(cfg, motion=motion)
         cal = load_calibration(calibration) if calibration else None
-        img = _read_image(image, "--image")
-        tpl = _read_image(template, "--template")
+        img = read_image(image, "--image")
+        tpl = read_image(template, "--template")
         expected = None
         if expected_x is not None or expected_y is not None:
             expected = (expected_x if expected_x is not None else (img.shape[1] - 1) / 2,

@@ -12,6 +12,7 @@ from rich.table import Table
 from weak_template_ros.cli.apps import app, templates_app
 from weak_template_ros.cli.common import console, print_json, progress, user_errors
 from weak_template_ros.config import from_mapping, to_dict
+from weak_template_ros.image_io import read_image
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "linemod.yaml"
 
@@ -115,17 +116,6 @@ def build(
                   f"features per level: gradient {g}, normals {d}")
 
 
-def _read_image(path: Path, what: str):
-    import cv2
-
-    from weak_template_ros.errors import InputError
-
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise InputError(str(path), f"a readable {what} image", "missing or undecodable file")
-    return img
-
-
 @app.command("detect")
 def detect(
     templates: Path = typer.Option(..., help="template library (.wtl)"),
@@ -142,7 +132,6 @@ def detect(
     as_json: bool = typer.Option(False, "--json", help="print JSON (metres, radians)"),
 ):
     """Detect a part with its template library: ranked hypotheses with coarse 6D poses."""
-    import cv2
     import numpy as np
 
     from weak_template_ros.linemod.matcher import Matcher, MatcherConfig
@@ -153,16 +142,13 @@ def detect(
         cam, depth_scale = read_camera_json(camera) if camera else (None, 1.0)
         checksum = load_mesh(model).checksum if model else None
         lib = TemplateLibrary.load(templates, model_checksum=checksum, camera=cam)
-        image = _read_image(rgb, "colour")
-        if image.ndim == 3:
-            image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB if image.shape[2] == 4
-                                 else cv2.COLOR_BGR2RGB)
+        image = read_image(rgb, "colour")
         dmap = None
         if depth is not None:
             if depth.suffix.lower() == ".npy":
                 dmap = np.load(depth, allow_pickle=False)
             else:
-                raw = _read_image(depth, "depth")
+                raw = read_image(depth, "depth", rgb=False)
                 dmap = raw.astype(np.float32) * np.float32(depth_scale / 1000.0)
         values = to_dict(MatcherConfig())
         values.update(_yaml_section(config, "matcher"))

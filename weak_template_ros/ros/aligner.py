@@ -48,7 +48,6 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -64,6 +63,7 @@ from weak_template_ros.align.preprocess import as_gray_float
 from weak_template_ros.config import param
 from weak_template_ros.errors import InputError
 from weak_template_ros.geometry import make_pose, rotation_from_rotvec
+from weak_template_ros.image_io import read_image
 from weak_template_ros.ros.conversions import (
     image_to_gray,
     image_to_numpy,
@@ -303,9 +303,7 @@ def load_template(path: str, config: AlignerConfig) -> LoadedTemplate:
     InputError
         Missing or unreadable file, or a template the aligner cannot use (constant, tiny mark).
     """
-    from weak_template_ros.cli.align_cmds import _read_image  # the project's one image-file reader
-
-    image = _read_image(Path(path), "template_path")
+    image = read_image(path, "template_path")
     return with_config(LoadedTemplate(str(path), image, None, template_outline(image)), config)
 
 

@@ -40,6 +40,7 @@ import numpy as np
 from weak_template_ros.camera import CameraIntrinsics
 from weak_template_ros.errors import InputError, describe_array
 from weak_template_ros.geometry import check_pose, make_pose
+from weak_template_ros.image_io import read_image
 from weak_template_ros.models import PartModel, load_mesh, save_mesh
 
 MM_PER_M = 1000.0
@@ -315,20 +316,13 @@ def _find_image(scene_dir: Path, folders: tuple[str, ...], stem: str) -> Path | 
     return None
 
 
-def _read_image(path: Path) -> np.ndarray:
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise InputError(str(path), "a readable image file", "a file OpenCV cannot decode")
-    return img
-
-
 def _imwrite(path: Path, img: np.ndarray, params: list[int]) -> None:
     if not cv2.imwrite(str(path), img, params):
         raise OSError(f"cv2.imwrite could not write {path}")
 
 
 def _mask_from_file(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    m = _read_image(path)
+    m = read_image(path, str(path), rgb=False)
     if m.ndim == 3:
         m = m[..., 0]
     if m.shape != shape:
@@ -730,11 +724,7 @@ class BopDataset:
             raise InputError(str(scene_dir / "rgb" / f"{stem}.png"),
                              "an rgb/ or gray/ image for every image of scene_camera.json",
                              "no such file")
-        img = _read_image(img_path)
-        if img.ndim == 3 and img.shape[2] == 4:
-            img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-        elif img.ndim == 3:
-            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        img = read_image(img_path, str(img_path))
         shape = img.shape[:2]
 
         depth_scale = cam_rec.get("depth_scale", self.depth_scale)
@@ -745,7 +735,7 @@ class BopDataset:
                 raise InputError(f"{where}: depth_scale", "a positive number (depth image exists)",
                                  "missing here and in camera.json")
             depth_scale = _number(depth_scale, f"{where}: depth_scale")
-            units = _read_image(depth_path)
+            units = read_image(depth_path, str(depth_path), rgb=False)
             if units.ndim != 2 or units.shape != shape:
                 raise InputError(str(depth_path), f"a single-channel {shape[1]}x{shape[0]} depth "
                                  "image (image size)", describe_array(units))
