@@ -74,14 +74,15 @@ def init() -> None:
         Initializer.bpy = real
 
 
-def read_job(argv: list[str] | None = None) -> tuple[dict, Path]:
+def read_job(argv: list[str] | None = None, formats: tuple[str, ...] = (JOB_FORMAT,)) -> tuple[dict, Path]:
     """The job JSON named on the command line and the output folder (created)."""
     argv = sys.argv if argv is None else argv
     if len(argv) != 3:
         raise SystemExit(f"usage: blenderproc run {argv[0]} JOB.json OUT_DIR")
     job = json.loads(Path(argv[1]).read_text())
-    if job.get("format") != JOB_FORMAT:
-        raise SystemExit(f"{argv[1]}: expected a job of format {JOB_FORMAT}, got {job.get('format')!r}")
+    if job.get("format") not in formats:
+        raise SystemExit(f"{argv[1]}: expected a job of format {' or '.join(formats)}, "
+                         f"got {job.get('format')!r}")
     out = Path(argv[2])
     out.mkdir(parents=True, exist_ok=True)
     return job, out
@@ -148,15 +149,20 @@ def load_mesh_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         return z["vertices"], z["faces"]
 
 
+def principled_values(m: dict) -> dict:
+    """Principled BSDF inputs from a dict of plain values (colours linear RGB in [0, 1])."""
+    return {"Base Color": [*m.get("base_color", [0.5, 0.5, 0.5]), 1.0],
+            "Metallic": m.get("metallic", 0.0), "Roughness": m.get("roughness", 0.5),
+            "IOR": m.get("ior", 1.5), "Anisotropic": m.get("anisotropic", 0.0),
+            "Coat Weight": m.get("coat", 0.0), "Coat Roughness": m.get("coat_roughness", 0.03),
+            "Coat Tint": [*m.get("coat_tint", [1.0, 1.0, 1.0]), 1.0],
+            "Specular IOR Level": m.get("specular", 0.5)}
+
+
 def principled_material(name: str, m: dict):
     """A Principled BSDF material from a dict of plain values (colours linear RGB in [0, 1])."""
     mat = bproc.material.create(name)
-    values = {"Base Color": [*m.get("base_color", [0.5, 0.5, 0.5]), 1.0],
-              "Metallic": m.get("metallic", 0.0), "Roughness": m.get("roughness", 0.5),
-              "IOR": m.get("ior", 1.5), "Anisotropic": m.get("anisotropic", 0.0),
-              "Coat Weight": m.get("coat", 0.0), "Coat Roughness": m.get("coat_roughness", 0.03),
-              "Specular IOR Level": m.get("specular", 0.5)}
-    for key, value in values.items():
+    for key, value in principled_values(m).items():
         mat.set_principled_shader_value(key, value)
     return mat
 
@@ -275,6 +281,15 @@ def render_frames(objects: list, n_frames: int, render_cfg: dict) -> dict[str, l
     return out
 
 
+def render_colour(n_frames: int) -> dict[str, list[np.ndarray]]:
+    """Linear radiance of every keyframe, nothing else (no depth or instance pass)."""
+    bpy.context.scene.frame_start, bpy.context.scene.frame_end = 0, n_frames
+    t0 = time.perf_counter()
+    radiance = bproc.renderer.render(load_keys=set())["colors"]
+    TIMING["colour_render_s"] = time.perf_counter() - t0
+    return {"radiance": radiance}
+
+
 TIMING: dict[str, float] = {}
 
 
@@ -283,9 +298,9 @@ def write_outputs(out_dir: Path, frames: dict[str, list[np.ndarray]], objects: l
     """Write ``frame_*.npz`` and ``result.json`` (last, so its presence means complete)."""
     n = len(frames["radiance"])
     for k in range(n):
+        passes = {key: frames[key][k] for key in ("depth", "instance") if key in frames}
         np.savez(out_dir / f"frame_{k:06d}.npz",
-                 radiance=np.asarray(frames["radiance"][k], np.float32)[..., :3],
-                 depth=frames["depth"][k], instance=frames["instance"][k])
+                 radiance=np.asarray(frames["radiance"][k], np.float32)[..., :3], **passes)
     result = {"format": RESULT_FORMAT, "frames": n,
               "objects": [{"name": o.get_name(), "T_world_obj": o.get_local2world_mat().tolist()}
                           for o in objects],

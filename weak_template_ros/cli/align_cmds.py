@@ -36,12 +36,27 @@ def generate_marks(
     max_shift: float = typer.Option(10.0, help="offsets uniform in +-this [px]"),
     max_angle: float = typer.Option(0.0873, help="rotations uniform in +-this [rad]"),
     seed: int = typer.Option(0, help="random seed: same seed, same bytes"),
+    backend: str = typer.Option("embedded", help="embedded (the exact mark twin) or blenderproc "
+                                "(Cycles: --surface under --light, same poses; needs `make sim-setup`)"),
+    surface: str = typer.Option("wafer", help="blenderproc: wafer (polished silicon) or pcb"),
+    light: str = typer.Option("coaxial", help="blenderproc: coaxial or ring"),
+    samples: int = typer.Option(16, min=1, help="blenderproc: Cycles samples per pixel"),
 ):
     """Render degraded alignment-mark images (16-bit PNG) with JSON ground truth."""
     from weak_template_ros.twin.marks import Degradations, MarkSpec, write_mark_dataset
 
     with user_errors():
         spec = MarkSpec(kind=mark, size=size, line_width=line_width, polarity=polarity, count=count)
+        if backend != "embedded":
+            from weak_template_ros.twin.blenderproc import blenderproc_marks_cli
+
+            # The blenderproc images take their light, blur and polarity from the render.
+            truth = blenderproc_marks_cli(out, n, spec, (height, width), seed, max_shift, max_angle,
+                                          backend=backend, surface=surface, light=light,
+                                          samples=samples, snr=snr)
+            console.print(f"wrote {len(truth['images'])} images + template.png + ground_truth.json "
+                          f"to {out}")
+            return
         d = Degradations(contrast=contrast, snr=snr, defocus_sigma=blur, gradient=gradient,
                          vignetting=vignetting, glare_spots=glare, particles=particles, texture=texture,
                          line_width_bias=line_width_bias)

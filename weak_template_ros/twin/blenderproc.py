@@ -29,7 +29,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -319,7 +319,8 @@ def _sun(T_world_cam: np.ndarray, lighting: Lighting, im_id: int) -> dict:
 @dataclass
 class BlenderProcFrames:
     """Raw outputs of one BlenderProc run: per frame radiance (H, W, 3) float32, depth (H, W)
-    float32 metres (0: none) and instance (H, W) int16 (annotated-object index, -1: none)."""
+    float32 metres (0: none) and instance (H, W) int16 (annotated-object index, -1: none); depth
+    and instance are None for colour-only scripts."""
 
     radiance: list[np.ndarray]
     depth: list[np.ndarray]
@@ -353,8 +354,9 @@ def run_job(job: dict, work_dir: Path, env: BlenderProcEnv | None = None,
     for k in range(result["frames"]):
         with np.load(out_dir / f"frame_{k:06d}.npz") as z:
             radiance.append(z["radiance"])
-            depth.append(z["depth"])
-            instance.append(z["instance"])
+            # Colour-only scripts (mark_scene.py) write no depth or instance pass.
+            depth.append(z["depth"] if "depth" in z else None)
+            instance.append(z["instance"] if "instance" in z else None)
     return BlenderProcFrames(radiance, depth, instance, result, wall)
 
 
@@ -548,3 +550,235 @@ def compare_backends(models: dict[int, PartModel], spec: SceneSpec, seed: int = 
     return {"frames": frames, "pose_max_abs": pose_dev, "depth_max_abs_m": depth_max,
             "min_mask_iou": min_iou, "blenderproc_wall_s": wall, "timing": timing,
             "passed": bool(pose_dev < 1e-5 and depth_max <= DEPTH_TOLERANCE_M and min_iou >= MASK_IOU_MIN)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Mark scenes: an alignment mark on a specular wafer or a glossy PCB (sim/mark_scene.py)
+
+MARK_JOB_FORMAT = "weak_template_ros.blenderproc_mark_job/1"
+#: Principled-BSDF values (linear RGB) of the mark scenes' surfaces: (background, mark).
+MARK_SURFACES = {
+    # Polished silicon: metal-like, ~35 % specular reflectance, mirror smooth; an aluminium mark,
+    # brighter and rougher (a deposited film).
+    "wafer": ({"base_color": [0.34, 0.36, 0.40], "metallic": 1.0, "roughness": 0.05},
+              {"base_color": [0.91, 0.92, 0.92], "metallic": 1.0, "roughness": 0.3}),
+    # Green solder mask (a diffuse green dielectric under a glossy clear coat) and an ENIG gold
+    # fiducial.
+    "pcb": ({"base_color": [0.02, 0.20, 0.04], "metallic": 0.0, "roughness": 0.4, "coat": 1.0,
+             "coat_roughness": 0.05},
+            {"base_color": [0.95, 0.75, 0.40], "metallic": 1.0, "roughness": 0.15}),
+}
+#: Rec. 709 luminance of linear RGB: the monochrome alignment camera's response.
+LUMINANCE = np.array([0.2126, 0.7152, 0.0722])
+
+
+@dataclass
+class MarkRenderConfig:
+    """How BlenderProc renders mark images (the mark itself is a :class:`~weak_template_ros.twin.
+    marks.MarkSpec`)."""
+
+    surface: str = param("wafer", "wafer: polished silicon with an aluminium mark; pcb: glossy "
+                         "green solder mask with a gold fiducial", choices=tuple(MARK_SURFACES))
+    light: str = param("coaxial", "coaxial: bright field along the optical axis; ring: a ring of "
+                       "lamps around it", choices=("coaxial", "ring"))
+    samples: int = param(16, "Cycles samples per pixel", lo=1, hi=4096)
+    pixel_size_m: float = param(50e-6, "one image pixel on the surface", lo=1e-7, hi=1e-2, unit="m")
+    focal_px: float = param(2000.0, "focal length (sets the camera height = focal * pixel size)",
+                            lo=100.0, hi=1e5, unit="px")
+    supersample: int = param(4, "texels per image pixel of the mark's coverage texture", lo=1, hi=8)
+    coaxial_half_angle_deg: float = param(10.0, "half angle of the coaxial light's aperture seen "
+                                          "from the surface", lo=0.0, hi=60.0, unit="deg")
+    ring_elevation_deg: float = param(30.0, "elevation of the ring lamps seen from the mark",
+                                      lo=5.0, hi=85.0, unit="deg")
+    ring_ambient: float = param(0.002, "ring light: radiance of the uniform surroundings (stray "
+                                "light; a polished wafer mirrors it, so dark field is not black)",
+                                lo=0.0, hi=10.0)
+    exposure_level: float = param(0.8, "the 99.5th percentile of the first image maps to this "
+                                  "(full scale 1); every image of a dataset uses that exposure",
+                                  lo=0.05, hi=1.0)
+    snr: float = param(0.0, "sensor noise added after rendering, as `generate marks --snr` "
+                       "(0: Cycles' sampling noise only)", lo=0.0, hi=1e6)
+    template_blur: float = param(0.5, "Gaussian sigma of the golden template's blur (Cycles' "
+                                 "1.5 px Blackman-Harris pixel filter)", lo=0.0, hi=50.0, unit="px")
+    timeout_s: float = param(3600.0, "time limit of the BlenderProc run", lo=1.0, hi=1e6, unit="s")
+
+
+def mark_poses(n: int, seed: int, max_shift: float, max_angle: float, max_scale_error: float = 0.0):
+    """The placements of :func:`~weak_template_ros.twin.marks.write_mark_dataset` (same seed, same
+    poses): image ``i`` draws from ``np.random.default_rng([seed, i])``. Returns (poses, rngs)."""
+    from weak_template_ros.align.similarity import Similarity
+
+    poses, rngs = [], []
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        poses.append(Similarity(rng.uniform(-max_shift, max_shift), rng.uniform(-max_shift, max_shift),
+                                rng.uniform(-max_angle, max_angle),
+                                1.0 + rng.uniform(-max_scale_error, max_scale_error)))
+        rngs.append(rng)
+    return poses, rngs
+
+
+def build_mark_job(spec, shape: tuple[int, int], poses: list, cfg: MarkRenderConfig, work_dir: Path,
+                   seed: int = 0) -> dict:
+    """The job of ``sim/mark_scene.py``: the mark twin's exact coverage as a texture on the surface
+    plane, the camera straight above it, one wafer (stage) pose per image.
+
+    A similarity ``(tx, ty, theta)`` in image pixels is the stage moving the wafer by
+    ``(tx, -ty) * pixel_size`` metres (the camera's y points down, the world's up) and turning it
+    by ``+theta`` about the optical axis (on-screen counter-clockwise, see
+    :mod:`weak_template_ros.align.similarity`).
+    """
+    from weak_template_ros.align.similarity import Similarity
+    from weak_template_ros.twin.marks import coverage, mark_geometry, place
+
+    validate(cfg)
+    H, W = int(shape[0]), int(shape[1])
+    k = cfg.supersample
+    p = cfg.pixel_size_m
+    n_tex = int(math.ceil(spec.size * 1.1 + 8)) * k  # the mark and a bare border (EXTEND beyond)
+    cov = coverage(place(mark_geometry(spec), Similarity(scale=k), ((n_tex - 1) / 2, (n_tex - 1) / 2)),
+                   (n_tex, n_tex))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    tex_path = work_dir / "mark_coverage.npz"
+    np.savez(tex_path, coverage=cov.astype(np.float32))
+    height = cfg.focal_px * p
+    K = [cfg.focal_px, 0.0, (W - 1) / 2, 0.0, cfg.focal_px, (H - 1) / 2, 0.0, 0.0, 1.0]
+    background, mark = MARK_SURFACES[cfg.surface]
+    if cfg.light == "coaxial":
+        # The mirror image of the field (2.05 fields wide at the lamp) plus the illumination
+        # aperture: rough features catch light from within +-coaxial_half_angle_deg.
+        size = 2.05 * max(W, H) * p + 2.0 * 1.05 * height * math.tan(math.radians(cfg.coaxial_half_angle_deg))
+        # Energy only sets the exposure scale (images are normalised): about unit radiance.
+        light = {"kind": "coaxial", "size_m": size, "energy": 10.0 * size ** 2 * math.pi}
+    else:
+        field = max(W, H) * p
+        radius = 2.0 * field
+        light = {"kind": "ring", "count": 12, "radius_m": radius,
+                 "height_m": radius * math.tan(math.radians(cfg.ring_elevation_deg)),
+                 "energy": 40.0 * radius ** 2, "lamp_radius_m": 0.1 * field}
+    return {
+        "format": MARK_JOB_FORMAT,
+        "camera": {"K": K, "width": W, "height": H, "height_m": height, "clip_start": 0.1 * height,
+                   "clip_end": 10.0 * height},
+        "render": {"samples": cfg.samples, "denoiser": None, "noise_threshold": 0.0,
+                   "filter_width_px": 1.5, "threads": 0, "max_bounces": 3,
+                   "seed": int(np.random.default_rng([seed, 3]).integers(2**31 - 1))},
+        "texture": {"path": str(tex_path.resolve()), "pitch_m": p / k},
+        "surface": {"background": background, "mark": mark, "half_size_m": 2.0 * max(W, H) * p},
+        "light": light,
+        "world": {"color": [0.0 if cfg.light == "coaxial" else cfg.ring_ambient] * 3, "strength": 1.0},
+        "frames": [{"location": [pose.tx * p, -pose.ty * p, 0.0], "angle": pose.theta} for pose in poses],
+    }
+
+
+def _mark_levels(gray: np.ndarray, spec, pose) -> tuple[float, float]:
+    """(background, mark) levels of an image: medians over fully bare pixels inside the mark's
+    bounding square and over fully covered pixels (the twin's exact coverage at ``pose``)."""
+    from weak_template_ros.twin.marks import coverage, mark_geometry, place
+
+    H, W = gray.shape
+    centre = ((W - 1) / 2, (H - 1) / 2)
+    cov = coverage(place(mark_geometry(spec), pose, centre), (H, W))
+    y, x = np.mgrid[0:H, 0:W]
+    half = spec.size / 2
+    near = (np.abs(x - centre[0] - pose.tx) < half) & (np.abs(y - centre[1] - pose.ty) < half)
+    bare, covered = gray[near & (cov == 0)], gray[cov >= 1.0 - 1e-9]
+    if bare.size == 0 or covered.size == 0:
+        raise InputError("mark", "a mark with both bare and fully covered pixels", f"{spec.kind} at {pose}")
+    return float(np.median(bare)), float(np.median(covered))
+
+
+def write_mark_dataset_blenderproc(out: str | Path, n: int, spec, shape: tuple[int, int] = (256, 256),
+                                   seed: int = 0, max_shift: float = 10.0,
+                                   max_angle: float = math.radians(5.0),
+                                   cfg: MarkRenderConfig | None = None, env: BlenderProcEnv | None = None,
+                                   keep_work: bool = False) -> dict:
+    """Mark images rendered by BlenderProc, written as
+    :func:`~weak_template_ros.twin.marks.write_mark_dataset` writes the twin's: ``template.png``,
+    ``NNNNNN.png`` (16-bit, full scale 65535) and ``ground_truth.json`` with the same poses for the
+    same seed.
+
+    The images are the luminance of Cycles' linear radiance at one exposure per dataset (see
+    :class:`MarkRenderConfig`), plus the twin's sensor noise when ``cfg.snr > 0``. The golden
+    template is the twin's design template (:func:`~weak_template_ros.twin.marks.golden_template`)
+    with the polarity and contrast measured on the first image (the surface and light decide
+    whether the mark looks bright or dark); ``ground_truth.json`` holds them in ``mark`` and
+    ``degradations`` and the render settings in ``renderer``.
+    """
+    import cv2
+
+    from weak_template_ros.twin.marks import Degradations, MarkSpec, golden_template, make_scene, to_uint16
+
+    if n < 1:
+        raise InputError("n", "at least 1 image", n)
+    cfg = cfg or MarkRenderConfig()
+    env = env or BlenderProcEnv.locate()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    poses, rngs = mark_poses(n, seed, max_shift, max_angle)
+    work = out / ".blenderproc_work"
+    try:
+        job = build_mark_job(spec, shape, poses, cfg, work, seed)
+        raw = run_job(job, work, env, script="mark_scene.py", timeout_s=cfg.timeout_s)
+    finally:
+        if not keep_work:
+            shutil.rmtree(work, ignore_errors=True)
+    gray = [np.asarray(r, np.float64) @ LUMINANCE for r in raw.radiance]
+    exposure = cfg.exposure_level / max(float(np.percentile(gray[0], 99.5)), 1e-12)
+    gray = [g * exposure for g in gray]
+    bg, level = _mark_levels(gray[0], spec, poses[0])
+    polarity = 1 if level >= bg else -1
+    step = abs(level - bg)
+    seen = MarkSpec(**{**asdict(spec), "polarity": polarity})
+    # The twin's design template with unit step, scaled to the measured levels: a dark-field
+    # image (background ~0) has a contrast far beyond Degradations' range (<= 1).
+    unit = golden_template(MarkSpec(**{**asdict(spec), "polarity": 1}), shape,
+                           Degradations(background=1.0, contrast=1.0, defocus_sigma=cfg.template_blur))
+    cv2.imwrite(str(out / "template.png"), to_uint16(bg + (level - bg) * (unit - 1.0)))
+    background = float(np.clip(bg, 1e-3, 1.0))
+    # Noise of the twin's model with SNR = step / sigma at the background (Degradations states
+    # SNR through background * contrast: the same sigma with contrast 1 and a scaled snr).
+    d = Degradations(background=background, contrast=min(step / background, 1.0),
+                     snr=cfg.snr * background / max(step, 1e-12) if cfg.snr > 0 else 0.0,
+                     defocus_sigma=cfg.template_blur)
+    noise = make_scene(seen, shape, replace(d, contrast=1.0), rng=0) if cfg.snr > 0 else None
+    records = []
+    for i, (img, pose, rng) in enumerate(zip(gray, poses, rngs, strict=True)):
+        if noise is not None:
+            img = img + noise.noise_sigma(img) * rng.standard_normal(img.shape)
+        name = f"{i:06d}.png"
+        cv2.imwrite(str(out / name), to_uint16(img))
+        records.append({"image": name, "dx": pose.tx, "dy": pose.ty, "dtheta": pose.theta,
+                        "scale": pose.scale})
+    truth = {"format": "weak_template_ros.marks/1", "template": "template.png",
+             "image_size": [int(shape[1]), int(shape[0])], "full_scale": 65535,
+             "convention": "offset = mark position minus image centre; x right, y down; dtheta CCW on "
+                           "screen (rad); pixel centres at integers",
+             "mark": asdict(seen), "degradations": {**asdict(d), "snr": cfg.snr}, "seed": seed,
+             "images": records,
+             "renderer": {"backend": "blenderproc", **asdict(cfg), "exposure": exposure,
+                          "measured_background": bg, "measured_mark_level": level,
+                          "contrast": step / max(bg, 1e-12),
+                          "render_s": raw.result["timing"].get("colour_render_s"),
+                          "blenderproc_wall_s": raw.wall_s}}
+    (out / "ground_truth.json").write_text(json.dumps(truth, indent=2))
+    return truth
+
+
+def blenderproc_marks_cli(out: Path, n: int, spec, shape: tuple[int, int], seed: int, max_shift: float,
+                          max_angle: float, backend: str, surface: str, light: str, samples: int,
+                          snr: float) -> dict:
+    """``weak-template generate marks --backend blenderproc``: checks the options and the
+    environment (before writing anything) and renders; a BlenderProc failure ends the command
+    with exit status 1 and the end of Blender's log."""
+    from weak_template_ros.config import from_mapping
+
+    if backend != "blenderproc":
+        raise InputError("--backend", "'embedded' or 'blenderproc'", backend)
+    cfg = from_mapping(MarkRenderConfig, {"surface": surface, "light": light, "samples": samples,
+                                          "snr": snr}, source="blenderproc mark options")
+    env = BlenderProcEnv.locate()
+    try:
+        return write_mark_dataset_blenderproc(out, n, spec, shape, seed, max_shift, max_angle, cfg, env)
+    except BlenderProcError as e:
+        raise SystemExit(f"error: {e}") from None
