@@ -65,6 +65,8 @@ def generate_scenes(
     samples: int = typer.Option(16, min=1, help="blenderproc: Cycles samples per pixel"),
     materials: str = typer.Option("twin", help="blenderproc: twin (grey, as embedded) or pbr "
                                   "(seeded metal/plastic presets)"),
+    physics: bool = typer.Option(False, help="blenderproc: drop the parts with physics onto the table "
+                                 "(ground truth = settled poses)"),
     seed: int = typer.Option(0, help="random seed: same seed, same bytes"),
 ):
     """Render digital-twin scenes (parts on a table, distractors, occlusion) as a BOP dataset."""
@@ -84,8 +86,8 @@ def generate_scenes(
         if backend == "blenderproc":
             from weak_template_ros.twin import blenderproc as bp
 
-            cfg = from_mapping(bp.BlenderProcConfig, {"samples": samples, "materials": materials},
-                               source="blenderproc options")
+            cfg = from_mapping(bp.BlenderProcConfig, {"samples": samples, "materials": materials,
+                                                      "physics": physics}, source="blenderproc options")
             env = bp.BlenderProcEnv.locate()
             with progress() as bar:
                 task = bar.add_task("rendering scenes (BlenderProc)", total=scenes * frames)

@@ -96,6 +96,11 @@ class BlenderProcConfig:
                                    "infinite)", lo=0.1, hi=1000.0, unit="m")
     timeout_s: float = param(3600.0, "time limit of one BlenderProc run (one scene)", lo=1.0,
                              hi=1e6, unit="s")
+    physics: bool = param(False, "drop the parts with physics onto the table (sim/parts_on_table.py: "
+                          "seeded lift and orientation, distractors and table as obstacles); the "
+                          "ground truth is then the settled poses")
+    drop_height_m: tuple = param((0.05, 0.15), "physics: lift of each part above its arranged pose, "
+                                 "min and max", unit="m")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -399,8 +404,17 @@ def _iter_frame_triples(models, spec, seed, scene_id, cfg, env, work_dir):
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
         job, layout = build_job(models, spec, seed, scene_id, cfg, work_dir)
-        raw = run_job(job, work_dir, env, timeout_s=cfg.timeout_s)
-        gt_frames = iter_scene_frames(models, replace(spec, noise=False), seed, scene_id)
+        if cfg.physics:
+            lo, hi = sorted(float(h) for h in cfg.drop_height_m)
+            job["physics"] = {"seed": int(np.random.default_rng([seed, scene_id, 4]).integers(2**31 - 1)),
+                              "drop_height_min": lo, "drop_height_max": hi,
+                              "min_time_s": 1.0, "max_time_s": 6.0}
+            raw = run_job(job, work_dir, env, script="parts_on_table.py", timeout_s=cfg.timeout_s)
+            layout = _settled_layout(layout, raw.result["objects"])
+            gt_frames = _exact_frames(spec, layout, scene_id)
+        else:
+            raw = run_job(job, work_dir, env, timeout_s=cfg.timeout_s)
+            gt_frames = iter_scene_frames(models, replace(spec, noise=False), seed, scene_id)
         for im_id, (gt, lay) in enumerate(zip(gt_frames, layout.frames, strict=True)):
             frame = _bop_frame(gt, lay, raw, im_id, spec, layout)
             yield frame, gt, {"radiance": raw.radiance[im_id], "depth": raw.depth[im_id],
@@ -409,6 +423,51 @@ def _iter_frame_triples(models, spec, seed, scene_id, cfg, env, work_dir):
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _settled_layout(layout: SceneLayout, settled: list[dict]) -> SceneLayout:
+    """The layout with the parts at the poses BlenderProc's physics left them in (``result.json``
+    lists the annotated parts in job order: the placed parts in order)."""
+    poses = iter(np.asarray(o["T_world_obj"], float) for o in settled)
+    n_parts = sum(p.obj_id is not None for p in layout.placed)
+    if n_parts != len(settled):
+        raise BlenderProcError(f"parts_on_table.py returned {len(settled)} settled parts, expected {n_parts}")
+    placed = [replace(p, T_world_obj=next(poses)) if p.obj_id is not None else p for p in layout.placed]
+    return SceneLayout(placed, layout.frames, layout.renderer)
+
+
+def _exact_frames(spec: SceneSpec, layout: SceneLayout, scene_id: int) -> Iterator[BopFrame]:
+    """Exact, noise-free frames of a layout by the embedded renderer, annotated as
+    :func:`~weak_template_ros.twin.scenes.iter_scene_frames` annotates (full and visible masks,
+    BOP's px_count_all and bbox_obj over the 3x canvas for parts cut by the border). Used where
+    the poses are not the seeded arrangement's (physics)."""
+    camera = spec.camera
+    renderer, _, ext = scene_renderers(camera, layout.renderer)
+    for lay in layout.frames:
+        T_cam_world = invert_pose(lay.T_world_cam)
+        frame_objects = [*layout.placed, *([lay.occluder] if lay.occluder is not None else [])]
+        share_meshes(renderer, frame_objects, ext)
+        objs = [SceneObject(p.key, T_cam_world @ p.T_world_obj, albedo=p.albedo, specular=p.specular)
+                for p in frame_objects]
+        out = renderer.render(objs, table=TablePlane(T_cam_world, spec.table_albedo), lighting=lay.lighting)
+        annotations = []
+        for i, p in enumerate(frame_objects):
+            if p.obj_id is None:
+                continue
+            mask = out.masks_full[i]
+            px_all, bbox = None, None
+            if mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any():
+                full = ext.cast_object(p.key, objs[i].T_cam_obj)[0] > 0
+                px_all = int(full.sum())
+                ys, xs = np.nonzero(full)
+                if len(xs):
+                    bbox = (int(xs.min()) - camera.width, int(ys.min()) - camera.height,
+                            int(xs.max() - xs.min()), int(ys.max() - ys.min()))
+            annotations.append(ObjectAnnotation(obj_id=p.obj_id, T_cam_obj=objs[i].T_cam_obj, mask=mask,
+                                                mask_visib=out.instance == i, px_count_all=px_all,
+                                                bbox_obj=bbox))
+        yield BopFrame(rgb=out.rgb, depth=out.depth, camera=camera, objects=annotations,
+                       T_cam_world=T_cam_world, scene_id=scene_id, im_id=lay.im_id)
 
 
 def _bop_frame(gt: BopFrame, lay: FrameLayout, raw: BlenderProcFrames, im_id: int, spec: SceneSpec,
