@@ -13,6 +13,7 @@ from weak_template_ros.pose.estimator import (
     PoseEstimator,
     check_frame,
     estimate_poses,
+    hypothesis_matcher_config,
     refine_and_verify,
 )
 from weak_template_ros.pose.icp import IcpResult, refine_icp
@@ -31,6 +32,7 @@ __all__ = [
     "canonical_pose",
     "check_frame",
     "estimate_poses",
+    "hypothesis_matcher_config",
     "refine_and_verify",
     "refine_icp",
     "symmetric_equivalents",

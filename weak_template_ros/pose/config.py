@@ -123,6 +123,10 @@ class VerifyConfig:
             raise InputError("verify.weight_*", "at least one positive weight", 0.0)
 
 
+#: Names of PoseConfig.alternatives (what each changes is in pose.estimator).
+ALTERNATIVES = ("point_to_plane", "keep_edges")
+
+
 @dataclass
 class PoseConfig:
     """Everything ``refine_and_verify`` / ``estimate_poses`` take."""
@@ -130,8 +134,8 @@ class PoseConfig:
     scene: ScenePointsConfig = field(default_factory=ScenePointsConfig)
     icp: IcpConfig = field(default_factory=IcpConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
-    max_hypotheses: int = param(5, "coarse hypotheses refined per frame, best coarse score first",
-                                lo=1, hi=1000)
+    max_hypotheses: int = param(20, "coarse hypotheses refined per frame, best coarse score "
+                                "first", lo=1, hi=1000)
     early_exit_score: float = param(0.97, "stop refining further hypotheses once max_instances "
                                     "estimates scored at least this (1: refine them all)", lo=0.0,
                                     hi=1.0)
@@ -141,7 +145,42 @@ class PoseConfig:
                                           "diameter are one instance (the best is kept)",
                                           lo=0.0, hi=10.0)
     refine: bool = param(True, "run ICP (False: verify the coarse poses as they are)")
+    duplicate_rotation_deg: float = param(10.0, "a hypothesis within this rotation and "
+                                          "duplicate_distance of a better one is skipped (0: keep "
+                                          "all)", lo=0.0, hi=180.0, unit="deg")
+    duplicate_distance: float = param(0.1, "translation part of that test, fraction of the model "
+                                      "diameter", lo=0.0, hi=10.0)
+    alternatives: tuple[str, ...] = param(
+        ("point_to_plane", "keep_edges"), "other refinements tried from the coarse poses of the "
+        "best estimates when none scored early_exit_score; the best verification score wins: "
+        "'point_to_plane' (ICP variant that slides less along extrusions), 'keep_edges' (scene "
+        "points next to depth jumps kept: thin parts)")
+    flip_candidates: int = param(0, "best estimates whose 180-degree turns about the model's "
+                                 "principal axes (those that are not symmetries) are refined "
+                                 "too, whatever their score: near-symmetric parts are proposed "
+                                 "flipped (0: none)", lo=0, hi=100)
+    flip_min_score: float = param(0.6, "a turned pose is refined only when it scores at least "
+                                  "this before ICP (a visibly different outline is not tried)",
+                                  lo=0.0, hi=1.0)
+    alternative_candidates: int = param(2, "best estimates (distinct coarse poses) that get the "
+                                        "alternatives (0: none)", lo=0, hi=1000)
+    alternative_min_score: float = param(0.5, "estimates scoring less get no alternatives",
+                                         lo=0.0, hi=1.0)
+    linemod_detections: int = param(20, "estimate_poses asks the LINEMOD matcher for this many "
+                                    "hypotheses (0: the matcher config's max_detections)", lo=0,
+                                    hi=1000)
+    linemod_score_threshold: float = param(0.3, "and accepts hypotheses down to this LINEMOD "
+                                           "score (0: the matcher config's)", lo=0.0, hi=1.0)
+    linemod_nms_iou: float = param(0.95, "and lets boxes overlap this much (several views of one "
+                                   "place: the right one is often not the best scored; 0: the "
+                                   "matcher config's)", lo=0.0, hi=1.0)
     min_projected_size_px: float = param(4.0, "a model that projects smaller at a hypothesis is "
                                          "taken as a unit mismatch", lo=0.0, hi=1e6, unit="px")
     max_model_diameter: float = param(5.0, "a larger model diameter is taken as a unit mismatch "
                                       "(mm read as m)", lo=1e-4, hi=1e4, unit="m")
+
+    def __post_init__(self):
+        self.alternatives = tuple(str(a) for a in self.alternatives)
+        bad = [a for a in self.alternatives if a not in ALTERNATIVES]
+        if bad:
+            raise InputError("alternatives", f"names from {list(ALTERNATIVES)}", bad)

@@ -16,6 +16,7 @@ at it (z-buffer on a render), multi-scale ICP (``icp``), render-and-compare veri
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -39,7 +40,8 @@ from weak_template_ros.pose.symmetry import canonical_pose
 from weak_template_ros.pose.verify import Verification, rejection, verify_pose
 from weak_template_ros.twin.renderer import Renderer
 
-__all__ = ["PoseEstimate", "PoseEstimator", "check_frame", "estimate_poses", "refine_and_verify"]
+__all__ = ["PoseEstimate", "PoseEstimator", "check_frame", "estimate_poses",
+           "hypothesis_matcher_config", "refine_and_verify"]
 
 #: Largest plausible median depth in metres: more means the depth is not in metres (mm?).
 MAX_MEDIAN_DEPTH = 100.0
@@ -77,6 +79,9 @@ class PoseEstimate:
         Milliseconds per stage: ``prepare`` (scene points, visible model points), ``icp``,
         ``verify``, ``canonical``, ``total``; ``detect`` (shared by all estimates of a frame)
         from :func:`estimate_poses`.
+    refinement : str
+        "" for the configured ICP, else the name of the ``PoseConfig.alternatives`` entry that
+        produced this estimate.
     """
 
     name: str
@@ -91,6 +96,7 @@ class PoseEstimate:
     T_cam_obj_coarse: np.ndarray = field(repr=False)
     T_cam_obj_refined: np.ndarray = field(repr=False)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    refinement: str = ""
 
     def to_dict(self) -> dict:
         """JSON-ready dict: pose as R, t (m), rotation vector (rad) and quaternion (x, y, z, w)."""
@@ -101,6 +107,7 @@ class PoseEstimate:
             "name": self.name, "obj_id": self.obj_id, "score": round(float(self.score), 6),
             "accepted": bool(self.accepted), "hypothesis_index": int(self.hypothesis_index),
             "hypothesis_score": None if hs is None else round(float(hs), 6),
+            "refinement": self.refinement,
             "T_cam_obj": {"R": R.tolist(), "t_m": self.T_cam_obj[:3, 3].tolist(),
                           "rotvec_rad": rot.as_rotvec().tolist(), "quat_xyzw": rot.as_quat().tolist()},
             "verification": self.verification.to_dict(),
@@ -252,20 +259,95 @@ class PoseEstimator:
             Accepted estimates, best score first, one per instance, at most ``cfg.max_instances``.
         """
         depth = check_frame(rgb, depth, self.camera)
-        hyps = _as_hypotheses(hypotheses)[: self.cfg.max_hypotheses]
         mp = self.points
+        hyps = self._distinct_hypotheses(_as_hypotheses(hypotheses), mp)[: self.cfg.max_hypotheses]
         self._check_scale(hyps, mp)
         cfg = self.cfg
         estimates: list[PoseEstimate] = []
+
+        def sure() -> bool:
+            good = [e for e in estimates if e.accepted and e.score >= cfg.early_exit_score]
+            return cfg.early_exit_score < 1.0 and len(self._distinct(good, mp)) >= cfg.max_instances
+
         with self._lock:
             for i, (T, s) in enumerate(hyps):
                 estimates.append(self._one(i, T, s, rgb, depth, mp))
-                sure = [e for e in estimates if e.accepted and e.score >= cfg.early_exit_score]
-                if cfg.early_exit_score < 1.0 and len(self._distinct(sure, mp)) >= cfg.max_instances:
+                if sure():
                     break
+            if cfg.refine and cfg.flip_candidates:
+                # LINEMOD proposes box-like parts turned by 180 degrees, and such a turn often
+                # verifies almost as well: the turned pose is refined as well and the better
+                # verification wins (kept only when the turn is not a symmetry of the part).
+                ranked = sorted((e for e in estimates if e.score >= cfg.alternative_min_score),
+                                key=lambda e: -e.score)[: cfg.flip_candidates]
+                for e in ranked:
+                    for F in self._flips(mp):
+                        T = e.T_cam_obj_refined @ F
+                        with_refine = dataclasses.replace(cfg, refine=False)
+                        pre = self._one(e.hypothesis_index, T, e.hypothesis_score, rgb, depth, mp,
+                                        cfg_override=with_refine)
+                        if pre.score >= cfg.flip_min_score:
+                            estimates.append(self._one(e.hypothesis_index, T, e.hypothesis_score,
+                                                       rgb, depth, mp, "flip"))
+            if cfg.refine and cfg.alternatives and not sure():
+                # ICP variants fail on different parts (generalized ICP slides along extrusions,
+                # point-to-plane less; edge filtering starves thin sheets): the best verified
+                # result of the variants is kept (dev set: +6 of 36 frames found).
+                ranked = sorted((e for e in estimates if e.score >= cfg.alternative_min_score),
+                                key=lambda e: -e.score)[: cfg.alternative_candidates]
+                for e in ranked:
+                    for name in cfg.alternatives:
+                        estimates.append(self._one(e.hypothesis_index, e.T_cam_obj_coarse,
+                                                   e.hypothesis_score, rgb, depth, mp, name))
+                        if sure():
+                            break
+                    if sure():
+                        break
         kept = self._distinct([e for e in estimates if e.accepted], mp)
         if return_rejected:
             kept += sorted((e for e in estimates if not e.accepted), key=lambda e: -e.score)
+        return kept
+
+    def _flips(self, mp: ModelPoints) -> list[np.ndarray]:
+        """Object-frame 180-degree turns about the principal axes through the model centre,
+        without those that are (within 5 degrees) symmetries of the model."""
+        key = mp.checksum
+        if getattr(self, "_flips_key", None) != key:
+            d = mp.points - mp.center
+            _, vecs = np.linalg.eigh(d.T @ d)
+            syms = self.model.symmetry_transforms(0.05)[:, :3, :3]
+            out = []
+            for a in vecs.T:
+                R = 2.0 * np.outer(a, a) - np.eye(3)  # 180 degrees about a
+                cos = (np.einsum("kij,ij->k", syms, R) - 1.0) / 2.0  # trace(S^T R)
+                if np.all(cos < math.cos(math.radians(5.0))):
+                    F = np.eye(4)
+                    F[:3, :3] = R
+                    F[:3, 3] = mp.center - R @ mp.center
+                    out.append(F)
+            self._flips_cache, self._flips_key = out, key
+        return self._flips_cache
+
+    def _distinct_hypotheses(self, hyps: list[tuple[np.ndarray, float | None]], mp: ModelPoints
+                             ) -> list[tuple[np.ndarray, float | None]]:
+        """Hypotheses in order, without those close to an earlier one (same ICP basin)."""
+        cfg = self.cfg
+        if cfg.duplicate_rotation_deg <= 0 or cfg.duplicate_distance <= 0:
+            return hyps
+        max_cos = math.cos(math.radians(cfg.duplicate_rotation_deg))
+        max_dist = cfg.duplicate_distance * mp.diameter
+        kept: list[tuple[np.ndarray, float | None]] = []
+        for T, s in hyps:
+            c = T[:3, :3] @ mp.center + T[:3, 3]
+            dup = False
+            for K, _ in kept:
+                # cos of the relative rotation angle from the trace of R_k^T R.
+                cos = (np.trace(K[:3, :3].T @ T[:3, :3]) - 1.0) / 2.0
+                if cos >= max_cos and np.linalg.norm(c - K[:3, :3] @ mp.center - K[:3, 3]) <= max_dist:
+                    dup = True
+                    break
+            if not dup:
+                kept.append((T, s))
         return kept
 
     def _distinct(self, accepted: list[PoseEstimate], mp: ModelPoints) -> list[PoseEstimate]:
@@ -282,8 +364,15 @@ class PoseEstimator:
         return kept
 
     def _one(self, index: int, T0: np.ndarray, hyp_score: float | None, rgb, depth: np.ndarray,
-             mp: ModelPoints) -> PoseEstimate:
-        cfg = self.cfg
+             mp: ModelPoints, alternative: str | None = None,
+             cfg_override: PoseConfig | None = None) -> PoseEstimate:
+        cfg = cfg_override or self.cfg
+        icp_cfg, scene_cfg = cfg.icp, cfg.scene
+        if alternative == "point_to_plane":
+            # Its best kernel width by measurement (docs/benchmarks/pose_icp.md).
+            icp_cfg = dataclasses.replace(icp_cfg, method="point_to_plane", kernel_scale=0.33)
+        elif alternative == "keep_edges":
+            scene_cfg = dataclasses.replace(scene_cfg, edge_jump=0.0)
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
 
@@ -293,23 +382,23 @@ class PoseEstimator:
             timings["canonical"] = (time.perf_counter() - t) * 1e3
             timings["total"] = (time.perf_counter() - t_start) * 1e3
             return PoseEstimate(self.model.name, self.obj_id, T_out, ver.score, ver.accepted, ver, icp,
-                                index, hyp_score, T0, T_ref, timings)
+                                index, hyp_score, T0, T_ref, timings, alternative or "")
 
         T = T0
         icp_result = None
         if cfg.refine:
             center = T0[:3, :3] @ mp.center + T0[:3, 3]
-            roi = sphere_roi(self.camera, center, mp.radius, cfg.scene.roi_margin_px)
+            roi = sphere_roi(self.camera, center, mp.radius, scene_cfg.roi_margin_px)
             if roi is None:
                 return done(T0, rejection("the hypothesis is outside the image"), None)
-            surface = observe_surface(depth, self.camera, roi, cfg.scene)
-            sp, sn, _ = scene_points(surface, center, mp.radius, cfg.scene.crop_margin)
+            surface = observe_surface(depth, self.camera, roi, scene_cfg)
+            sp, sn, _ = scene_points(surface, center, mp.radius, scene_cfg.crop_margin)
             d0, _ = self.renderer.cast_object("model", T0)
-            vis = visible_points(mp.points, mp.normals, T0, d0, self.camera, cfg.icp.visibility_tolerance)
+            vis = visible_points(mp.points, mp.normals, T0, d0, self.camera, icp_cfg.visibility_tolerance)
             timings["prepare"] = (time.perf_counter() - t_start) * 1e3
-            if len(sp) >= cfg.scene.min_points and vis.sum() >= 3:
+            if len(sp) >= scene_cfg.min_points and vis.sum() >= 3:
                 t = time.perf_counter()
-                icp_result = refine_icp(mp.points[vis], mp.normals[vis], sp, sn, T0, cfg.icp)
+                icp_result = refine_icp(mp.points[vis], mp.normals[vis], sp, sn, T0, icp_cfg)
                 timings["icp"] = (time.perf_counter() - t) * 1e3
                 if icp_result.ok:
                     T = icp_result.T_cam_obj
@@ -368,12 +457,37 @@ def _linemod_hypotheses(library, rgb, depth, camera: CameraIntrinsics, matcher_c
                          "importable)", f"{type(exc).__name__}: {exc}") from exc
     key = id(library)
     m = _MATCHERS.get(key)
-    if m is None or getattr(m, "library", None) is not library:
+    if (m is None or getattr(m, "library", None) is not library
+            or getattr(m, "config", None) != matcher_config):
         m = Matcher(library, matcher_config)
         _MATCHERS[key] = m
         while len(_MATCHERS) > 4:
             _MATCHERS.popitem(last=False)
     return m.match(rgb, depth, camera)
+
+
+def hypothesis_matcher_config(matcher_config, cfg: PoseConfig | None = None):
+    """The LINEMOD matcher configuration :func:`estimate_poses` uses.
+
+    ``matcher_config`` (default ``MatcherConfig()``) with ``max_detections``,
+    ``score_threshold`` and ``nms_iou`` replaced by ``cfg.linemod_detections``,
+    ``cfg.linemod_score_threshold`` and ``cfg.linemod_nms_iou`` where those are not 0: the pose
+    stage wants more, and more overlapping, hypotheses than a detector would report (the right
+    view is often not LINEMOD's best at its place). Callers that run the matcher themselves
+    (the ROS node) get the same hypotheses with this configuration.
+    """
+    from weak_template_ros.linemod.matcher import MatcherConfig
+
+    cfg = cfg or PoseConfig()
+    mc = matcher_config or MatcherConfig()
+    changes = {}
+    if cfg.linemod_detections:
+        changes["max_detections"] = cfg.linemod_detections
+    if cfg.linemod_score_threshold:
+        changes["score_threshold"] = cfg.linemod_score_threshold
+    if cfg.linemod_nms_iou:
+        changes["nms_iou"] = cfg.linemod_nms_iou
+    return dataclasses.replace(mc, **changes) if changes else mc
 
 
 def estimate_poses(rgb: np.ndarray, depth: np.ndarray, camera: CameraIntrinsics, library,
@@ -393,6 +507,7 @@ def estimate_poses(rgb: np.ndarray, depth: np.ndarray, camera: CameraIntrinsics,
     cfg : PoseConfig, optional
     obj_id : int, optional
     matcher_config : MatcherConfig, optional
+        Adjusted by :func:`hypothesis_matcher_config` (number, score floor, overlap).
     hypotheses : sequence, optional
         Skip the matcher and use these (4x4 arrays or objects with ``T_cam_obj``).
     return_rejected : bool
@@ -408,9 +523,10 @@ def estimate_poses(rgb: np.ndarray, depth: np.ndarray, camera: CameraIntrinsics,
     if hypotheses is None:
         if hasattr(library, "check_compatible"):
             library.check_compatible(model.checksum, camera, where="library")
-        hypotheses = _linemod_hypotheses(library, rgb, depth, camera, matcher_config)
+        hypotheses = _linemod_hypotheses(library, rgb, depth, camera,
+                                         hypothesis_matcher_config(matcher_config, cfg))
     detect_ms = (time.perf_counter() - t) * 1e3
-    estimates = refine_and_verify(list(hypotheses)[: cfg.max_hypotheses], rgb, depth, camera, model,
+    estimates = refine_and_verify(list(hypotheses), rgb, depth, camera, model,
                                   cfg, obj_id=obj_id, return_rejected=return_rejected)
     for e in estimates:
         e.timings_ms["detect"] = detect_ms
