@@ -69,9 +69,72 @@ def picture(models, spec: SceneSpec, env, work: Path, path: Path) -> None:
     plt.close(fig)
 
 
+#: Speed variants at 16 samples (name, BlenderProcConfig overrides), each measured against the
+#: baseline's time and against a 64-sample reference render's pixels.
+VARIANTS = [
+    ("baseline (3 bounces, caustics, 2048 px tiles, Cycles GT pass)", {}),
+    ("GT pass from the embedded ray caster", {"gt_pass": "embedded"}),
+    ("set_cpu_threads(2)", {"threads": 2}),
+    ("caustics off", {"caustics": False}),
+    ("1 bounce (set_light_bounces)", {"max_bounces": 1}),
+    ("0 bounces (direct light only)", {"max_bounces": 0}),
+    ("adaptive sampling, noise threshold 0.05, min 4", {"noise_threshold": 0.05, "adaptive_min_samples": 4}),
+    ("256 px tiles", {"tile_size": 256}),
+    ("1 bounce + caustics off + embedded GT pass",
+     {"max_bounces": 1, "caustics": False, "gt_pass": "embedded"}),
+]
+
+
+def speed_variants(models, spec: SceneSpec, env, work: Path, rounds: int = 2) -> dict:
+    """Each variant's render time per frame (best of ``rounds`` interleaved runs: wall time, and
+    CPU time of Blender's threads, which load barely changes) and its image error against a
+    64-sample render."""
+    import numpy as np
+
+    def render(name, cfg):
+        frames, timing, wall = [], {}, 0.0
+        for _frame, _gt, raw in bp._iter_frame_triples(models, spec, 0, 0, cfg, env, work / name):
+            frames.append(np.clip(raw["radiance"] * 255.0, 0, 255))
+            timing, wall = raw["result"]["timing"], raw["wall_s"]
+        return frames, timing, wall
+
+    load0 = os.getloadavg()[0]
+    ref, ref_timing, _ = render("reference", bp.BlenderProcConfig(samples=64))
+    n = spec.frames_per_scene
+    out = [{"name": name, "overrides": overrides, "runs": []} for name, overrides in VARIANTS]
+    for rnd in range(rounds):
+        for k, rec in enumerate(out):
+            cfg = replace(bp.BlenderProcConfig(samples=16), **rec["overrides"])
+            load = os.getloadavg()[0]
+            frames, t, wall = render(f"variant_{k}_{rnd}", cfg)
+            run_rec = {"colour_s": t["colour_render_s"] / n, "gt_s": t.get("gt_render_s", 0.0) / n,
+                       "colour_cpu_s": t["colour_render_cpu_s"] / n,
+                       "gt_cpu_s": t.get("gt_render_cpu_s", 0.0) / n,
+                       "wall_s": wall, "load_before": round(load, 2)}
+            if rnd == 0:
+                rec["rms_vs_64_samples_8bit"] = float(np.sqrt(np.mean(
+                    [np.mean((f - r) ** 2) for f, r in zip(frames, ref, strict=True)])))
+            rec["runs"].append(run_rec)
+            print(json.dumps({"name": rec["name"], **run_rec}), flush=True)
+    for rec in out:
+        best = min(rec["runs"], key=lambda r: r["colour_s"] + r["gt_s"])
+        rec.update(colour_s_per_frame=best["colour_s"], gt_pass_s_per_frame=best["gt_s"],
+                   s_per_frame=best["colour_s"] + best["gt_s"],
+                   cpu_s_per_frame=min(r["colour_cpu_s"] + r["gt_cpu_s"] for r in rec["runs"]))
+    base, base_cpu = out[0]["s_per_frame"], out[0]["cpu_s_per_frame"]
+    for rec in out:
+        rec["speedup"] = base / rec["s_per_frame"]
+        rec["cpu_speedup"] = base_cpu / rec["cpu_s_per_frame"]
+    return {"frames": n, "rounds": rounds, "reference_samples": 64,
+            "reference_colour_s_per_frame": ref_timing["colour_render_s"] / n,
+            "load_average_1min": [round(load0, 2), round(os.getloadavg()[0], 2)], "variants": out}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--frames", type=int, default=3)
+    ap.add_argument("--part", choices=("all", "calibration", "speed"), default="all",
+                    help="calibration runs + picture, speed variants, or both (the JSON keeps the other)")
     args = ap.parse_args()
     env = bp.BlenderProcEnv.locate()
     models = make_part_set(["all"], seed=0)
@@ -80,22 +143,28 @@ def main() -> None:
                ("16 samples, twin", bp.BlenderProcConfig(samples=16)),
                ("16 samples, pbr", bp.BlenderProcConfig(samples=16, materials="pbr"))]
     OUT.mkdir(parents=True, exist_ok=True)
-    load_before = os.getloadavg()[0]
+    path = OUT / "blenderproc.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        results = [run(name, models, spec, cfg, env, work) for name, cfg in configs]
-        load_after = os.getloadavg()[0]
-        picture(models, replace(spec, frames_per_scene=1), env, work, OUT / "blenderproc.png")
-    meta = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
-            "environment": env.stamp, "image": f"{spec.width}x{spec.height}",
-            "frames_per_run": spec.frames_per_scene, "denoiser": "none",
-            "load_average_1min": [round(load_before, 2), round(load_after, 2)],
-            "target_s_per_frame_16_samples": TARGET_S_PER_FRAME_16}
-    (OUT / "blenderproc.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
-    write_markdown(meta, results)
+        if args.part in ("all", "calibration"):
+            load_before = os.getloadavg()[0]
+            data["results"] = [run(name, models, spec, cfg, env, work) for name, cfg in configs]
+            load_after = os.getloadavg()[0]
+            picture(models, replace(spec, frames_per_scene=1), env, work, OUT / "blenderproc.png")
+            data["meta"] = {
+                "machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                "environment": env.stamp, "image": f"{spec.width}x{spec.height}",
+                "frames_per_run": spec.frames_per_scene, "denoiser": "none",
+                "load_average_1min": [round(load_before, 2), round(load_after, 2)],
+                "target_s_per_frame_16_samples": TARGET_S_PER_FRAME_16}
+        if args.part in ("all", "speed"):
+            data["speed"] = speed_variants(models, replace(spec, frames_per_scene=2), env, work)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    write_markdown(data["meta"], data["results"], data.get("speed"))
 
 
-def write_markdown(meta: dict, results: list[dict]) -> None:
+def write_markdown(meta: dict, results: list[dict], speed: dict | None = None) -> None:
     r16 = next(r for r in results if r["samples"] == 16 and r["materials"] == "twin")
     lines = [
         "# BlenderProc backend: speed and calibration",
@@ -131,9 +200,38 @@ def write_markdown(meta: dict, results: list[dict]) -> None:
         "",
         "![embedded vs BlenderProc](blenderproc.png)",
         "",
-        "Not measured yet: the pose pipeline and the learned nets on BlenderProc scenes (sim-to-sim "
-        "gap, target ADD(-S) 0.1d within 5 points of the embedded figure) wait for "
-        "`weak-template eval`.",
+    ]
+    if speed:
+        best = min(speed["variants"], key=lambda r: r["s_per_frame"])
+        lines += [
+            "## Where the time goes: speed variants at 16 samples",
+            "",
+            f"`python bench/bench_blenderproc.py --part speed`: the same scene, {speed['frames']} frames "
+            "per run, twin materials, one variant at a time (`BlenderProcConfig` fields). Image error: "
+            f"RMS difference (8-bit units) of the noise-free colour images to a {speed['reference_samples']}"
+            f"-sample render of the same frames ({speed['reference_colour_s_per_frame']:.1f} s/frame); "
+            "at 16 samples most of it is sampling noise. Times: best of "
+            f"{speed['rounds']} interleaved runs; CPU s = CPU time of all Blender threads during the "
+            "renders (what an idle 2-core machine would divide by about 2). 1-min load average "
+            f"{speed['load_average_1min'][0]} before, {speed['load_average_1min'][1]} after (shared "
+            "cores: absolute times are inflated, ratios within this table hold better).",
+            "",
+            "| variant | s/frame (best of runs) | colour | GT pass | speed-up | CPU s/frame | CPU "
+            "speed-up | RMS vs 64 spp | load before runs |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in speed["variants"]:
+            lines.append(f"| {r['name']} | {r['s_per_frame']:.2f} | {r['colour_s_per_frame']:.2f} | "
+                         f"{r['gt_pass_s_per_frame']:.2f} | {r['speedup']:.2f}x | "
+                         f"{r['cpu_s_per_frame']:.2f} | "
+                         f"{r['cpu_speedup']:.2f}x | {r['rms_vs_64_samples_8bit']:.2f} | "
+                         f"{', '.join(str(x['load_before']) for x in r['runs'])} |")
+        lines += ["", f"Fastest: {best['name']}, {best['s_per_frame']:.2f} s/frame "
+                  f"({'meets' if best['s_per_frame'] <= TARGET_S_PER_FRAME_16 else 'misses'} the "
+                  f"{TARGET_S_PER_FRAME_16:.0f} s target).", ""]
+    lines += [
+        "The sim-to-sim gap (pose pipeline and mark aligners on BlenderProc vs embedded renders of "
+        "the same specs) is in [sim2sim.md](sim2sim.md).",
     ]
     (OUT / "blenderproc.md").write_text("\n".join(lines) + "\n")
 

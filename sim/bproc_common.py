@@ -102,6 +102,16 @@ def configure_render(cfg: dict) -> None:
     bpy.context.scene.cycles.filter_width = max(float(cfg.get("filter_width_px", 1.5)),
                                                 PIXEL_CENTRE_FILTER_PX)
     bpy.context.scene.cycles.seed = int(cfg.get("seed", 0))
+    # Adaptive sampling stops converged pixels early; its minimum keeps the noise estimate sound.
+    bpy.context.scene.cycles.adaptive_min_samples = int(cfg.get("adaptive_min_samples", 0))
+    caustics = bool(cfg.get("caustics", True))
+    bpy.context.scene.cycles.caustics_reflective = caustics
+    bpy.context.scene.cycles.caustics_refractive = caustics
+    if cfg.get("tile_size"):
+        bpy.context.scene.cycles.use_auto_tile = True
+        bpy.context.scene.cycles.tile_size = int(cfg["tile_size"])
+    if "persistent_data" in cfg:
+        bpy.context.scene.render.use_persistent_data = bool(cfg["persistent_data"])
     # Linear radiance in float EXR: the project's sensor model turns it into 8-bit images.
     bproc.renderer.set_output_format(file_format="OPEN_EXR", color_depth=32, enable_transparency=False,
                                      view_transform="Standard")
@@ -241,19 +251,26 @@ def build_scene(job: dict) -> tuple[list, list]:
 
 
 def render_frames(objects: list, n_frames: int, render_cfg: dict) -> dict[str, list[np.ndarray]]:
-    """Render every keyframe: linear radiance, and pixel-centred depth and instances.
+    """Render every keyframe: linear radiance, and pixel-centred depth and instances (unless
+    ``render_cfg["gt_pass"]`` is false: radiance only).
 
     ``objects`` are the MeshObjects whose first hit is reported in ``instance`` (their list index);
     any other mesh (table, distractors) reads -1.
     """
     bpy.context.scene.frame_start, bpy.context.scene.frame_end = 0, n_frames
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     colour_is_exact = (int(render_cfg["samples"]) == 1
                        and float(render_cfg.get("filter_width_px", 1.5)) <= PIXEL_CENTRE_FILTER_PX)
     out: dict[str, list] = {}
+    if not render_cfg.get("gt_pass", True):  # the driver takes depth and masks from elsewhere
+        out["radiance"] = bproc.renderer.render(load_keys=set())["colors"]
+        TIMING["colour_render_s"] = time.perf_counter() - t0
+        TIMING["colour_render_cpu_s"] = time.process_time() - c0
+        return out
     if not colour_is_exact:
         out["radiance"] = bproc.renderer.render(load_keys=set())["colors"]
         TIMING["colour_render_s"] = time.perf_counter() - t0
+        TIMING["colour_render_cpu_s"] = time.process_time() - c0
         # The geometric passes: one sample on each pixel centre, nothing else to compute.
         bproc.renderer.set_max_amount_of_samples(1)
         bproc.renderer.set_denoiser(None)
@@ -261,7 +278,7 @@ def render_frames(objects: list, n_frames: int, render_cfg: dict) -> dict[str, l
                                          max_bounces=0, transmission_bounces=0, transparent_max_bounces=0,
                                          volume_bounces=0)
         bpy.context.scene.cycles.filter_width = PIXEL_CENTRE_FILTER_PX
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     bproc.renderer.enable_depth_output(activate_antialiasing=False)
     bproc.renderer.enable_segmentation_output(map_by=["instance"])
     for mesh in bproc.object.get_all_mesh_objects():
@@ -272,7 +289,9 @@ def render_frames(objects: list, n_frames: int, render_cfg: dict) -> dict[str, l
         data = bproc.renderer.render(file_prefix="gt_", output_key=None, load_keys={"depth", "segmap"})
     else:
         data = bproc.renderer.render(load_keys={"depth", "segmap"})
+    # Wall time and CPU time of all the process's threads (the latter barely depends on load).
     TIMING["gt_render_s" if "radiance" in out else "colour_render_s"] = time.perf_counter() - t1
+    TIMING["gt_render_cpu_s" if "radiance" in out else "colour_render_cpu_s"] = time.process_time() - c1
     if "radiance" not in out:
         out["radiance"] = data["colors"]
     clip_end = bpy.context.scene.camera.data.clip_end
@@ -284,9 +303,10 @@ def render_frames(objects: list, n_frames: int, render_cfg: dict) -> dict[str, l
 def render_colour(n_frames: int) -> dict[str, list[np.ndarray]]:
     """Linear radiance of every keyframe, nothing else (no depth or instance pass)."""
     bpy.context.scene.frame_start, bpy.context.scene.frame_end = 0, n_frames
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     radiance = bproc.renderer.render(load_keys=set())["colors"]
     TIMING["colour_render_s"] = time.perf_counter() - t0
+    TIMING["colour_render_cpu_s"] = time.process_time() - c0
     return {"radiance": radiance}
 
 

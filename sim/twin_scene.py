@@ -7,8 +7,9 @@ import blenderproc as bproc  # noqa: F401, I001  (BlenderProc's CLI requires thi
 #
 # Job (format weak_template_ros.blenderproc_job/1), metres and 4x4 poses, OpenCV camera frame:
 #   camera  {K: 9 numbers, width, height, clip_start, clip_end}
-#   render  {samples, denoiser (null|INTEL|OPTIX), noise_threshold, filter_width_px, threads,
-#            max_bounces, seed}
+#   render  {samples, denoiser (null|INTEL|OPTIX), noise_threshold, adaptive_min_samples,
+#            filter_width_px, threads, max_bounces, caustics, tile_size, persistent_data, seed,
+#            gt_pass (false: radiance only, no depth/instance pass)}
 #   meshes  {key: path of an .npz with vertices (N, 3) and faces (M, 3)}
 #   materials {key: {base_color, metallic, roughness, specular, anisotropic, coat, ior}}
 #   objects [{name, mesh, material, T_world_obj, frames (null: all), annotated (bool),

@@ -26,6 +26,7 @@ from weak_template_ros.twin.scenes import (
     SceneSpec,
     arrange_scene,
     generate_dataset,
+    iter_scene_frames,
     make_part_set,
     sample_camera,
     sample_lighting,
@@ -259,3 +260,19 @@ def test_physics_drop_through_the_cli_gives_bop_ground_truth_of_the_settled_part
     for f, rec in zip(frames, report["frames"], strict=True):
         assert rec["surface_px"] > 0.3 * 160 * 120
         assert [m.sum() for m in (o.mask_visib for o in f.objects)] != [0, 0]
+
+
+def test_embedded_gt_pass_skips_cycles_depth_and_takes_the_exact_passes(tmp_path, models):
+    env = _env_or_skip()
+    spec = SceneSpec(**TINY, noise=False)
+    cfg = replace(ONE_SAMPLE, gt_pass="embedded")
+    frames = list(bp.iter_blenderproc_frames(models, spec, 3, 0, cfg, env, tmp_path))
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert "gt_render_s" not in result["timing"]  # one render only
+    with np.load(tmp_path / "out" / "frame_000000.npz") as z:
+        assert set(z.files) == {"radiance"}
+    for f, g in zip(frames, iter_scene_frames(models, spec, 3, 0), strict=True):
+        np.testing.assert_array_equal(f.depth, g.depth)
+        for a, b in zip(f.objects, g.objects, strict=True):
+            np.testing.assert_array_equal(a.mask_visib, b.mask_visib)
+        assert f.rgb.std() > 5
