@@ -112,9 +112,13 @@ def eval_cmd(
     for r in rows:
         fd = "-" if r.false_detection_rate is None else f"{r.false_detections}/{r.frames_without}"
         t = r.times_ms["total"]
-        table.add_row("all" if r.obj_id is None else str(r.obj_id), str(r.targets),
-                      f"{r.ad_recall:.0%}", f"{r.ar:.2f}", f"{r.ar_vsd:.2f}", f"{r.ar_mssd:.2f}",
-                      f"{r.ar_mspd:.2f}", _fmt(r.median_rot_rad, ".2f", 180 / math.pi),
+        if not r.targets:  # no recall without targets
+            rec = ["-"] * 5
+        else:
+            rec = [f"{r.ad_recall:.0%}", f"{r.ar:.2f}", f"{r.ar_vsd:.2f}", f"{r.ar_mssd:.2f}",
+                   f"{r.ar_mspd:.2f}"]
+        table.add_row("all" if r.obj_id is None else str(r.obj_id), str(r.targets), *rec,
+                      _fmt(r.median_rot_rad, ".2f", 180 / math.pi),
                       _fmt(r.median_trans_m, ".2f", 1e3), fd,
                       f"{_fmt(t['median'], '.0f')}/{_fmt(t['p90'], '.0f')}")
     console.print(table)

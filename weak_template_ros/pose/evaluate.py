@@ -47,6 +47,7 @@ from weak_template_ros.metrics import (
     recall_matched,
     renderer_depth,
 )
+from weak_template_ros.metrics import ad as ad_error
 from weak_template_ros.models import PartModel
 from weak_template_ros.pose.config import PoseConfig
 from weak_template_ros.pose.estimator import estimate_poses
@@ -104,8 +105,10 @@ class FrameRecord:
 
     ``T_est`` / ``scores`` are the ACCEPTED estimates (best first); errors are per (estimate,
     ground-truth instance): ``ad``, ``mssd`` as fractions of the diameter, ``mspd`` in px at
-    640 px width, ``vsd`` (n_est, n_gt, n_tau), ``rot`` (rad) / ``trans`` (m) to the nearest symmetric
-    equivalent (:func:`~weak_template_ros.metrics.re_te_sym`). ``times_ms`` per stage (see :data:`STAGES`).
+    640 px width, ``vsd`` (n_est, n_gt, n_tau), ``rot`` (rad) / ``trans`` (m) to the nearest
+    symmetric equivalent (:func:`~weak_template_ros.metrics.re_te_sym`). ``rejected_ad``:
+    ADD(-S) / diameter of the estimates verification rejected (why a target was missed).
+    ``times_ms`` per stage (see :data:`STAGES`).
     """
 
     scene_id: int
@@ -123,6 +126,7 @@ class FrameRecord:
     trans: np.ndarray                # (n_est, n_gt) m, idem
     times_ms: dict[str, float]
     rejected: int = 0                # hypotheses refined and rejected by verification
+    rejected_ad: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (n_rej, n_gt)
 
     @property
     def n_gt(self) -> int:
@@ -141,6 +145,9 @@ class ObjectResult:
     ``recall_*``: recall at each BOP-19 threshold; medians over correct (ADD(-S)) estimates;
     ``false_detections``: frames without the object that got an accepted estimate;
     ``wrong_detections``: accepted estimates on frames with the object that match no target.
+    ``misses``: targets without a correct estimate, by cause: ``rejected_correct`` (a refined
+    pose was correct but verification rejected it), ``wrong_accepted`` (a wrong pose was accepted
+    instead), ``no_correct_pose`` (no hypothesis ended within ADD(-S) < 0.1 d, nothing accepted).
     """
 
     obj_id: int | None
@@ -161,6 +168,7 @@ class ObjectResult:
     false_detections: int
     false_detection_rate: float | None
     wrong_detections: int
+    misses: dict[str, int]
     times_ms: dict[str, dict[str, float | None]]
     bins: dict[str, ObjectResult] = field(default_factory=dict)
 
@@ -309,7 +317,9 @@ _MODEL_CACHE: dict[tuple[str, int], PartModel] = {}
 
 
 def _model(ds: BopDataset, obj_id: int) -> PartModel:
-    key = (str(ds.root.resolve()), int(obj_id))
+    ply = ds.root / "models" / f"obj_{int(obj_id):06d}.ply"
+    # the file's mtime: a dataset rewritten in place (same path) is not served stale
+    key = (str(ds.root.resolve()), int(obj_id), ply.stat().st_mtime_ns if ply.is_file() else 0)
     if key not in _MODEL_CACHE:
         if len(_MODEL_CACHE) > 32:
             _MODEL_CACHE.clear()
@@ -398,6 +408,15 @@ class _Scorer:
                 r.add_mesh(o, m.mesh)
             self._renderers[camera] = r
         return r
+
+    def ad_only(self, obj_id: int, T_est: list, T_gt: np.ndarray) -> np.ndarray:
+        """ADD(-S) / diameter of each (estimate, gt) pair (no VSD: cheap, for diagnostics)."""
+        out = np.full((len(T_est), len(T_gt)), np.inf)
+        for i, Te in enumerate(T_est):
+            for j, Tg in enumerate(T_gt):
+                out[i, j] = ad_error(Te[:3, :3], Te[:3, 3], Tg[:3, :3], Tg[:3, 3], self.pts[obj_id],
+                               self.sym_flag[obj_id]) / self.diam[obj_id]
+        return out
 
     def errors(self, obj_id: int, T_est: np.ndarray, T_gt: np.ndarray, frame: BopFrame):
         n_e, n_g, n_tau = len(T_est), len(T_gt), len(self.mcfg.vsd_taus)
@@ -500,13 +519,15 @@ def _evaluate_one(frame: BopFrame, obj_id: int, library, model: PartModel, score
         for s in ("prepare", "icp", "verify"):
             times[s] += e.timings_ms.get(s, 0.0)
     acc = [e for e in est if e.accepted]
+    rej = [e for e in est if not e.accepted]
     T_est = np.array([e.T_cam_obj for e in acc]).reshape(-1, 4, 4)
     T_gt = np.array([o.T_cam_obj for o in gts]).reshape(-1, 4, 4)
     errors = scorer.errors(obj_id, T_est, T_gt, frame)
     return FrameRecord(frame.scene_id, frame.im_id, obj_id, T_gt,
                        np.array([_visib_fract(o) for o in gts], dtype=np.float64), T_est,
                        np.array([e.score for e in acc], dtype=np.float64), *errors, times,
-                       rejected=len(est) - len(acc))
+                       rejected=len(rej),
+                       rejected_ad=scorer.ad_only(obj_id, [e.T_cam_obj for e in rej], T_gt))
 
 
 # ------------------------------------------------------------------------------------------
@@ -550,6 +571,7 @@ def summarise(records: Sequence[FrameRecord], mcfg: BopMetricsConfig | None = No
     groups = {"ad": [], "vsd": [], "mssd": [], "mspd": []}
     rot, trans = [], []
     targets = wrong = 0
+    misses = {"rejected_correct": 0, "wrong_accepted": 0, "no_correct_pose": 0}
     for r in pos:
         valid = (r.visib_fract >= min_visib_fract) & _in_bin(r.visib_fract, bin_range)
         targets += int(valid.sum())
@@ -561,6 +583,16 @@ def summarise(records: Sequence[FrameRecord], mcfg: BopMetricsConfig | None = No
         for i, j in pairs:
             rot.append(float(r.rot[i, j]))
             trans.append(float(r.trans[i, j]))
+        hit = {j for _, j in pairs}
+        for j in np.flatnonzero(valid):
+            if j in hit:
+                continue
+            if r.rejected_ad.size and np.any(r.rejected_ad[:, j] < mcfg.add_threshold):
+                misses["rejected_correct"] += 1
+            elif r.n_est:
+                misses["wrong_accepted"] += 1
+            else:
+                misses["no_correct_pose"] += 1
 
     def ar(key, thresholds):
         rec = recall_matched(groups[key], thresholds) if groups[key] else np.zeros(len(thresholds))
@@ -585,7 +617,7 @@ def summarise(records: Sequence[FrameRecord], mcfg: BopMetricsConfig | None = No
         median_trans_m=float(np.median(trans)) if trans else None,
         false_detections=fd if bin_range is None else 0,
         false_detection_rate=(fd / len(neg) if neg else None) if bin_range is None else None,
-        wrong_detections=wrong, times_ms=times)
+        wrong_detections=wrong, misses=misses, times_ms=times)
     if bins and bin_range is None:
         out.bins = {label: summarise(pos, mcfg, min_visib_fract, obj_id=obj_id, name=name,
                                      bin_range=rng, bins=False)
