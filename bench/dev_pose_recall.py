@@ -31,11 +31,22 @@ from weak_template_ros.linemod.matcher import Matcher, MatcherConfig
 from weak_template_ros.linemod.templates import TemplateConfig, TemplateLibrary, build_templates
 from weak_template_ros.metrics import ad, re_te_sym
 from weak_template_ros.models import PART_FAMILIES, make_part
-from weak_template_ros.pose import PoseConfig, estimate_poses
+from weak_template_ros.pose import PoseConfig, PoseEstimator, estimate_poses
 from weak_template_ros.pose.model_points import model_points
 from weak_template_ros.twin.scenes import SceneSpec, iter_scene_frames
 
 ROOT = Path(__file__).resolve().parents[1]
+REFINED = [0]  # PoseEstimator._one calls (hypotheses refined and verified), a load-free cost
+
+
+def _counting(one):
+    def wrapper(*args, **kwargs):
+        REFINED[0] += 1
+        return one(*args, **kwargs)
+    return wrapper
+
+
+PoseEstimator._one = _counting(PoseEstimator._one)
 
 
 def _set(d: dict, key: str, value: str) -> None:
@@ -86,11 +97,12 @@ def run(args) -> dict:
                              occlusion_max=0.3)
             lib = library_for(part, spec.camera, Path(args.cache))
             for frame in iter_scene_frames(models, spec, seed=11, scene_id=10 * fi + int(with_part)):
-                t0 = time.perf_counter()
+                t0, c0, n0 = time.perf_counter(), time.process_time(), REFINED[0]
                 est = estimate_poses(frame.rgb, frame.depth, frame.camera, lib, part, cfg,
                                      matcher_config=mcfg)
                 ms = (time.perf_counter() - t0) * 1e3
-                row = dict(family=family, with_part=with_part, ms=ms, detected=bool(est))
+                row = dict(family=family, with_part=with_part, ms=ms, detected=bool(est),
+                           cpu_ms=(time.process_time() - c0) * 1e3, refined=REFINED[0] - n0)
                 if est:
                     row["score"] = est[0].score
                     row["hyp"] = est[0].hypothesis_index
@@ -139,6 +151,9 @@ def summarise(rows: list[dict]) -> dict:
         "median_ms": float(np.median([r["ms"] for r in rows])),
         "p90_ms": float(np.percentile([r["ms"] for r in rows], 90)),
         "median_ms_neg": float(np.median([r["ms"] for r in neg])) if neg else None,
+        "median_cpu_ms": float(np.median([r["cpu_ms"] for r in rows])),
+        "mean_refined": float(np.mean([r["refined"] for r in rows])),
+        "median_refined": float(np.median([r["refined"] for r in rows])),
         "per_family": {f: sum(bool(r.get("ok")) for r in pos if r["family"] == f)
                        for f in sorted({r["family"] for r in pos})},
         "load": os.getloadavg()[0],
@@ -150,8 +165,8 @@ def summarise(rows: list[dict]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--frames", type=int, default=6, help="frames with the part per family")
-    ap.add_argument("--negatives", type=int, default=3, help="frames without the part per family")
+    ap.add_argument("--frames", type=int, default=10, help="frames with the part per family")
+    ap.add_argument("--negatives", type=int, default=4, help="frames without the part per family")
     ap.add_argument("--families", default=",".join(PART_FAMILIES))
     ap.add_argument("--cache", default="/tmp/wtr_dev_templates")
     ap.add_argument("--oracle-k", type=int, default=0, help="hypotheses of the oracle (0: off)")

@@ -171,6 +171,11 @@ class PoseConfig:
                                     hi=1000)
     linemod_score_threshold: float = param(0.3, "and accepts hypotheses down to this LINEMOD "
                                            "score (0: the matcher config's)", lo=0.0, hi=1.0)
+    linemod_refine_candidates: int = param(96, "and keeps this many candidates between its "
+                                           "pyramid levels (0: the matcher config's "
+                                           "refine_candidates)", lo=0, hi=100000)
+    linemod_fine_candidates: int = param(48, "and refines this many at full resolution (0: the "
+                                         "matcher config's fine_candidates)", lo=0, hi=100000)
     linemod_nms_iou: float = param(0.95, "and lets boxes overlap this much (several views of one "
                                    "place: the right one is often not the best scored; 0: the "
                                    "matcher config's)", lo=0.0, hi=1.0)

@@ -470,10 +470,11 @@ def hypothesis_matcher_config(matcher_config, cfg: PoseConfig | None = None):
     """The LINEMOD matcher configuration :func:`estimate_poses` uses.
 
     ``matcher_config`` (default ``MatcherConfig()``) with ``max_detections``,
-    ``score_threshold`` and ``nms_iou`` replaced by ``cfg.linemod_detections``,
-    ``cfg.linemod_score_threshold`` and ``cfg.linemod_nms_iou`` where those are not 0: the pose
-    stage wants more, and more overlapping, hypotheses than a detector would report (the right
-    view is often not LINEMOD's best at its place). Callers that run the matcher themselves
+    ``score_threshold``, ``nms_iou``, ``refine_candidates`` and ``fine_candidates`` replaced by
+    the ``cfg.linemod_*`` fields of those names where they are not 0: the pose stage wants more,
+    and more overlapping, hypotheses than a detector would report (the right view is often not
+    LINEMOD's best at its place, and a partly occluded part loses its candidates between the
+    pyramid levels to clutter). Callers that run the matcher themselves
     (the ROS node) get the same hypotheses with this configuration.
     """
     from weak_template_ros.linemod.matcher import MatcherConfig
@@ -487,6 +488,10 @@ def hypothesis_matcher_config(matcher_config, cfg: PoseConfig | None = None):
         changes["score_threshold"] = cfg.linemod_score_threshold
     if cfg.linemod_nms_iou:
         changes["nms_iou"] = cfg.linemod_nms_iou
+    if cfg.linemod_refine_candidates:
+        changes["refine_candidates"] = cfg.linemod_refine_candidates
+    if cfg.linemod_fine_candidates:
+        changes["fine_candidates"] = cfg.linemod_fine_candidates
     return dataclasses.replace(mc, **changes) if changes else mc
 
 
