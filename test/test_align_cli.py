@@ -30,6 +30,17 @@ def test_generate_marks_then_align_json(tmp_path):
         assert abs(r["dtheta"] - rec["dtheta"]) < 1e-3
         assert abs(r["dx_m"] - 2e-6 * r["dx"]) < 1e-12
         assert len(r["covariance"]) == 4 and r["covariance"][0][0] > 0
+    # The learned pipeline from the same command (--method): the same answer within the noise.
+    rec = truth["images"][0]
+    res = runner.invoke(app, ["align", "--template", str(out / "template.png"), "--image",
+                              str(out / rec["image"]), "--method", "learned", "--motion", "euclidean",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout[res.stdout.index("{"):])
+    assert r["found"] is True and abs(r["dx"] - rec["dx"]) < 0.1 and abs(r["dy"] - rec["dy"]) < 0.1
+    res = runner.invoke(app, ["align", "--template", str(out / "template.png"), "--image",
+                              str(out / rec["image"]), "--method", "deep"])
+    assert res.exit_code == 2 and "method: expected one of" in res.output, res.output
     # Human-readable output too.
     res = runner.invoke(app, ["align", "--template", str(out / "template.png"), "--image",
                               str(out / "000000.png")])

@@ -421,6 +421,19 @@ def test_aligner_parameters_take_effect_and_reload_service(tmp_path):
         eu = probe.measure(image)
         assert eu["found"] == 1.0 and eu["scale"] == 1.0  # euclidean: no scale estimated
 
+        # The learned pipeline through the same parameter: the same image measured (CRB of this
+        # SNR-5 image ~0.03 px: both methods agree to well within 0.1 px), a motion it cannot do
+        # refused with the reason, then back to classical.
+        (res,) = _set(probe.node, "aligner", Parameter("method", value="learned"))
+        assert res.successful, res.reason
+        learned = probe.measure(image)
+        assert learned["found"] == 1.0
+        assert (learned["dx_px"], learned["dy_px"]) == pytest.approx((truth.tx, truth.ty), abs=0.1)
+        (res,) = _set(probe.node, "aligner", Parameter("aligner.motion", value="affine"))
+        assert not res.successful and "aligner.motion" in res.reason, res.reason
+        (res,) = _set(probe.node, "aligner", Parameter("method", value="classical"))
+        assert res.successful and aligner.config.aligner.motion == "euclidean"
+
         # A template whose mark sits 2 px right of its centre: after reloading, the same image
         # measures 2 px less in x.
         _write_template(tpl, shift=Similarity(2.0, 0.0))

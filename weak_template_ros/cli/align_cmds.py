@@ -75,6 +75,9 @@ def align_cmd(
                                                         "[rad], scale, flip_y"),
     config: Path | None = typer.Option(None, help="AlignerConfig YAML (config/aligner.yaml)"),
     motion: str | None = typer.Option(None, help="override: translation, euclidean, similarity, affine"),
+    method: str = typer.Option("classical", help="classical (coarse search + robust Gauss-Newton), "
+                               "learned (learned detector + refiner, shipped weights) or hybrid "
+                               "(learned coarse, classical fine); docs/benchmarks/nets.md compares them"),
     expected_x: float | None = typer.Option(None, help="expected x of the template centre [px] "
                                                        "(default: image centre)"),
     expected_y: float | None = typer.Option(None, help="expected y of the template centre [px]"),
@@ -98,7 +101,12 @@ def align_cmd(
         if expected_x is not None or expected_y is not None:
             expected = (expected_x if expected_x is not None else (img.shape[1] - 1) / 2,
                         expected_y if expected_y is not None else (img.shape[0] - 1) / 2)
-        r = align(img, tpl, cfg, expected=expected, calibration=cal)
+        if method == "classical":
+            r = align(img, tpl, cfg, expected=expected, calibration=cal)
+        else:  # torch is imported only for the learned stages
+            from weak_template_ros.nets.pipeline import MarkAligner, MarkPipelineConfig
+
+            r = MarkAligner(MarkPipelineConfig(method=method, aligner=cfg)).align(img, tpl, expected, cal)
     if json_out:
         print_json(r.to_dict())
         return

@@ -103,6 +103,10 @@ class AlignerNodeConfig:
     (:class:`AlignerConfig`, as ``aligner.<name>``) and the node's."""
 
     aligner: AlignerConfig = field(default_factory=AlignerConfig)
+    method: str = param("classical", "classical (align.align), learned (learned detector + refiner, "
+                        "shipped weights) or hybrid (learned coarse, classical fine): "
+                        "weak_template_ros.nets.MarkPipelineConfig",
+                        choices=("classical", "learned", "hybrid"))
     template_path: str = param("", "golden template image (PNG/TIFF, 8 or 16 bit, gray or colour); "
                                "empty: none yet (images are dropped)")
     roi_x: int = param(0, "region of interest, left column (full image when roi_width is 0)", lo=0,
@@ -147,9 +151,35 @@ def image_to_intensity(msg: Image, topic: str = "image") -> np.ndarray:
     return image_to_gray(msg, topic)
 
 
+def mark_aligner(cfg: AlignerNodeConfig):
+    """The learned / hybrid pipeline of ``cfg.method`` with ``cfg.aligner`` (None for classical).
+
+    Loads the shipped weights (once per process and configuration: cached).
+
+    Raises
+    ------
+    InputError
+        A combination the learned stages cannot do (e.g. ``aligner.motion: affine``).
+    """
+    if cfg.method == "classical":
+        return None
+    key = (cfg.method, repr(cfg.aligner))
+    with _MARK_ALIGNERS_LOCK:
+        if key not in _MARK_ALIGNERS:
+            from weak_template_ros.nets import MarkAligner, MarkPipelineConfig
+
+            _MARK_ALIGNERS[key] = MarkAligner(MarkPipelineConfig(method=cfg.method, aligner=cfg.aligner))
+        return _MARK_ALIGNERS[key]
+
+
+_MARK_ALIGNERS: dict = {}
+_MARK_ALIGNERS_LOCK = threading.Lock()
+
+
 def measure_intensity(full: np.ndarray, template, cfg: AlignerNodeConfig):
     """What the aligner node does with one intensity image: ROI crop, target position, the
-    blank-frame rule (no mark, not bad data) and :func:`~weak_template_ros.align.align`.
+    blank-frame rule (no mark, not bad data) and :func:`~weak_template_ros.align.align` (or the
+    learned / hybrid pipeline of ``cfg.method``).
 
     Returns
     -------
@@ -164,6 +194,9 @@ def measure_intensity(full: np.ndarray, template, cfg: AlignerNodeConfig):
                 (H - 1) / 2.0 if cfg.target_y < 0 else cfg.target_y - origin[1])
     if float(gray.max()) == float(gray.min()):
         return AlignmentResult(False, reason="constant image: no mark"), expected, origin
+    learned = mark_aligner(cfg)
+    if learned is not None:
+        return learned.align(gray, template.image, expected, cfg.calibration), expected, origin
     return align(gray, template.prepared, expected=expected, calibration=cfg.calibration), expected, origin
 
 
@@ -402,6 +435,7 @@ class AlignerNode(Node):
     def _check(self, cfg: AlignerNodeConfig) -> None:
         """Load / prepare the template a new config asks for; InputError refuses the config."""
         old = None if self._params is None else self._params.config
+        mark_aligner(cfg)  # loads the learned stages now; InputError refuses the method / motion
         if old is not None and old.template_path == cfg.template_path and old.aligner == cfg.aligner:
             return
         if old is not None and old.template_path == cfg.template_path:
