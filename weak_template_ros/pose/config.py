@@ -145,6 +145,9 @@ class PoseConfig:
                                           "diameter are one instance (the best is kept)",
                                           lo=0.0, hi=10.0)
     refine: bool = param(True, "run ICP (False: verify the coarse poses as they are)")
+    coarse_level_min_score: float = param(0.75, "after the first ICP level a hypothesis is "
+                                          "verified; below this score it is not refined further "
+                                          "(0: always all levels)", lo=0.0, hi=1.0)
     duplicate_rotation_deg: float = param(10.0, "a hypothesis within this rotation and "
                                           "duplicate_distance of a better one is skipped (0: keep "
                                           "all)", lo=0.0, hi=180.0, unit="deg")

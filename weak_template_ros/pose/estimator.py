@@ -32,7 +32,7 @@ from weak_template_ros.config import validate
 from weak_template_ros.errors import InputError, describe_array
 from weak_template_ros.geometry import check_pose
 from weak_template_ros.models import PartModel
-from weak_template_ros.pose.config import PoseConfig
+from weak_template_ros.pose.config import IcpConfig, PoseConfig
 from weak_template_ros.pose.icp import IcpResult, refine_icp
 from weak_template_ros.pose.model_points import ModelPoints, model_points, visible_points
 from weak_template_ros.pose.scene_points import observe_surface, scene_points, sphere_roi, valid_depth
@@ -397,16 +397,47 @@ class PoseEstimator:
             vis = visible_points(mp.points, mp.normals, T0, d0, self.camera, icp_cfg.visibility_tolerance)
             timings["prepare"] = (time.perf_counter() - t_start) * 1e3
             if len(sp) >= scene_cfg.min_points and vis.sum() >= 3:
+                src_p, src_n = mp.points[vis], mp.normals[vis]
+                n_levels = len(icp_cfg.voxel_sizes)
                 t = time.perf_counter()
-                icp_result = refine_icp(mp.points[vis], mp.normals[vis], sp, sn, T0, icp_cfg)
-                timings["icp"] = (time.perf_counter() - t) * 1e3
+                if cfg.coarse_level_min_score > 0 and n_levels > 1:
+                    # Coarse-to-fine budget: the first level, a verification, and the finer
+                    # levels only for a hypothesis that already looks like the part.
+                    first = _icp_levels(icp_cfg, slice(0, 1))
+                    icp_result = refine_icp(src_p, src_n, sp, sn, T0, first)
+                    T1 = icp_result.T_cam_obj if icp_result.ok else T0
+                    timings["icp"] = (time.perf_counter() - t) * 1e3
+                    ver = self._verify(T1, rgb, depth, cfg, timings)
+                    if ver.score < cfg.coarse_level_min_score:
+                        return done(T1, ver, icp_result)
+                    t = time.perf_counter()
+                    fine = refine_icp(src_p, src_n, sp, sn, T1, _icp_levels(icp_cfg, slice(1, None)))
+                    if fine.ok:
+                        icp_result = dataclasses.replace(
+                            fine, levels_run=fine.levels_run + icp_result.levels_run)
+                else:
+                    icp_result = refine_icp(src_p, src_n, sp, sn, T0, icp_cfg)
+                timings["icp"] = timings.get("icp", 0.0) + (time.perf_counter() - t) * 1e3
                 if icp_result.ok:
                     T = icp_result.T_cam_obj
+        ver = self._verify(T, rgb, depth, cfg, timings)
+        return done(T, ver, icp_result)
+
+    def _verify(self, T: np.ndarray, rgb, depth: np.ndarray, cfg: PoseConfig,
+                timings: dict[str, float]) -> Verification:
+        """Render at ``T`` and compare (time added to ``timings["verify"]``)."""
         t = time.perf_counter()
         d1, n1 = self.renderer.cast_object("model", T)
         ver = verify_pose(d1, n1, depth, rgb, self.camera, cfg.verify, cfg.scene)
-        timings["verify"] = (time.perf_counter() - t) * 1e3
-        return done(T, ver, icp_result)
+        timings["verify"] = timings.get("verify", 0.0) + (time.perf_counter() - t) * 1e3
+        return ver
+
+
+def _icp_levels(cfg: IcpConfig, levels: slice) -> IcpConfig:
+    """The same ICP configuration restricted to some of its levels."""
+    return dataclasses.replace(cfg, voxel_sizes=cfg.voxel_sizes[levels],
+                               max_distances=cfg.max_distances[levels],
+                               iterations=cfg.iterations[levels])
 
 
 _ESTIMATORS: OrderedDict[tuple, PoseEstimator] = OrderedDict()
