@@ -77,12 +77,16 @@ def test_known_pose_recovered_and_absent_part_not_detected(dataset, tmp_path):
     assert 300 < t_mm[2] < 1000  # BOP file: millimetres
 
 
+def _no_constant(name):
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
 def test_cli_json_keys_and_units(dataset):
     root, wtl = dataset
     res = runner.invoke(app, ["eval", "--dataset", str(root), "--templates", f"1={wtl}",
                               "--json", "--frames"])
     assert res.exit_code == 0, res.output
-    out = json.loads(res.stdout)
+    out = json.loads(res.stdout, parse_constant=_no_constant)  # strict JSON: no NaN/Infinity
     assert out["units"]["trans"] == "m" and out["units"]["rot"] == "rad" and out["icp"] is True
     o = out["objects"]["1"]
     for key in ("ad_recall", "ar", "ar_vsd", "ar_mssd", "ar_mspd", "median_rot_rad",

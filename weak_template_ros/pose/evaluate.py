@@ -227,9 +227,10 @@ def _record_row(r: FrameRecord) -> dict:
     best = _correct_pairs(r, BopMetricsConfig().add_threshold, None)
     return {"scene_id": r.scene_id, "im_id": r.im_id, "obj_id": r.obj_id,
             "visib_fract": [round(float(v), 4) for v in r.visib_fract],
-            "estimates": [{"score": round(float(s), 4), "t_m": T[:3, 3].tolist()}
+            "estimates": [{"score": round(float(s), 4), "t_m": np.round(T[:3, 3], 6).tolist()}
                           for T, s in zip(r.T_est, r.scores, strict=True)],
-            "ad_rel": r.ad.tolist(), "correct": len(best), "rejected": r.rejected,
+            "ad_rel": [[round(float(v), 4) if math.isfinite(v) else None for v in row]
+                       for row in r.ad], "correct": len(best), "rejected": r.rejected,
             "times_ms": {k: round(v, 2) for k, v in r.times_ms.items()}}
 
 
@@ -635,8 +636,8 @@ def summarise(records: Sequence[FrameRecord], mcfg: BopMetricsConfig | None = No
 def draw_overlays(result: EvalResult, dataset, path, n: int = 4, scale: float = 0.5) -> Path:
     """PNG of estimated (orange) vs ground-truth (blue) silhouettes and axes on ``n`` frames.
 
-    Frames are picked to show what happened: correct estimates first, then wrong or missed
-    ones, then false detections on frames without the object.
+    Frames are picked to show what happened: correct estimates, a wrong accepted pose, a missed
+    target and a false detection on a frame without the object (those that occurred).
     """
     import cv2
 
@@ -645,11 +646,12 @@ def draw_overlays(result: EvalResult, dataset, path, n: int = 4, scale: float = 
     ds = dataset if isinstance(dataset, BopDataset) else BopDataset(dataset)
     thr = BopMetricsConfig().add_threshold
     correct = [r for r in result.records if r.n_gt and _correct_pairs(r, thr, None)]
-    wrong = [r for r in result.records if r.n_gt and not _correct_pairs(r, thr, None)]
+    wrong = [r for r in result.records if r.n_gt and r.n_est and not _correct_pairs(r, thr, None)]
+    missed = [r for r in result.records if r.n_gt and not r.n_est]
     false = [r for r in result.records if not r.n_gt and r.n_est]
     picks: list[FrameRecord] = []
-    pools = [_evenly(correct, max(1, n // 2)), _evenly(wrong, max(1, n // 4)), false[:1],
-             _evenly(correct, n), _evenly(wrong, n)]
+    pools = [_evenly(correct, max(1, n // 2)), wrong[:1], missed[:1], false[:1],
+             _evenly(correct, n), _evenly(missed, n)]
     for pool in pools:
         for r in pool:
             if len(picks) < n and r not in picks:
