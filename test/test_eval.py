@@ -23,6 +23,7 @@ from weak_template_ros.pose.evaluate import (
     draw_overlays,
     evaluate_bop,
     load_libraries,
+    threshold_sweep,
 )
 from weak_template_ros.twin.bop import BopDataset, BopWriter
 from weak_template_ros.twin.scenes import SceneSpec, iter_scene_frames
@@ -69,6 +70,9 @@ def test_known_pose_recovered_and_absent_part_not_detected(dataset, tmp_path):
     assert neg.n_est == 0 and o.false_detections == 0 and o.false_detection_rate == 0.0
     assert o.bins["0-10%"].targets == 1 and o.bins["0-10%"].ad_recall == 1.0
     assert all(o.times_ms[s]["median"] is not None for s in STAGES)
+    # At the configured verification threshold the post-hoc sweep reproduces the run.
+    at = threshold_sweep(res.records, [res.pose_config.verify.score_threshold])[0]
+    assert at["ad_recall"] == o.ad_recall and at["false_detection_rate"] == o.false_detection_rate
     png = draw_overlays(res, root, tmp_path / "overlay.png", n=2)
     assert png.stat().st_size > 5_000
     csv = res.write_bop_results(tmp_path / "res.csv").read_text().splitlines()

@@ -65,6 +65,7 @@ __all__ = [
     "evaluate_bop",
     "load_libraries",
     "summarise",
+    "threshold_sweep",
 ]
 
 #: Occlusion bins (fraction of the silhouette hidden, [lo, hi)); the issue's targets use the first two.
@@ -107,7 +108,8 @@ class FrameRecord:
     ground-truth instance): ``ad``, ``mssd`` as fractions of the diameter, ``mspd`` in px at
     640 px width, ``vsd`` (n_est, n_gt, n_tau), ``rot`` (rad) / ``trans`` (m) to the nearest
     symmetric equivalent (:func:`~weak_template_ros.metrics.re_te_sym`). ``rejected_ad``:
-    ADD(-S) / diameter of the estimates verification rejected (why a target was missed).
+    ADD(-S) / diameter of the estimates verification rejected (why a target was missed), with
+    their scores and whether the score threshold was the only reason (:func:`threshold_sweep`).
     ``times_ms`` per stage (see :data:`STAGES`).
     """
 
@@ -127,6 +129,8 @@ class FrameRecord:
     times_ms: dict[str, float]
     rejected: int = 0                # hypotheses refined and rejected by verification
     rejected_ad: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (n_rej, n_gt)
+    rejected_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))    # (n_rej,)
+    rejected_by_score_only: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
     @property
     def n_gt(self) -> int:
@@ -146,8 +150,10 @@ class ObjectResult:
     ``false_detections``: frames without the object that got an accepted estimate;
     ``wrong_detections``: accepted estimates on frames with the object that match no target.
     ``misses``: targets without a correct estimate, by cause: ``rejected_correct`` (a refined
-    pose was correct but verification rejected it), ``wrong_accepted`` (a wrong pose was accepted
-    instead), ``no_correct_pose`` (no hypothesis ended within ADD(-S) < 0.1 d, nothing accepted).
+    pose was correct but verification rejected it; ``rejected_correct_score_only``: of those, by
+    the score threshold alone, not by a visibility / inlier gate), ``wrong_accepted`` (a wrong
+    pose was accepted instead), ``no_correct_pose`` (no hypothesis ended within ADD(-S) < 0.1 d,
+    nothing accepted).
     """
 
     obj_id: int | None
@@ -528,7 +534,11 @@ def _evaluate_one(frame: BopFrame, obj_id: int, library, model: PartModel, score
                        np.array([_visib_fract(o) for o in gts], dtype=np.float64), T_est,
                        np.array([e.score for e in acc], dtype=np.float64), *errors, times,
                        rejected=len(rej),
-                       rejected_ad=scorer.ad_only(obj_id, [e.T_cam_obj for e in rej], T_gt))
+                       rejected_ad=scorer.ad_only(obj_id, [e.T_cam_obj for e in rej], T_gt),
+                       rejected_scores=np.array([e.score for e in rej], dtype=np.float64),
+                       rejected_by_score_only=np.array(
+                           [e.verification.reason.startswith("score") and ";" not in
+                            e.verification.reason for e in rej], dtype=bool))
 
 
 # ------------------------------------------------------------------------------------------
@@ -572,7 +582,8 @@ def summarise(records: Sequence[FrameRecord], mcfg: BopMetricsConfig | None = No
     groups = {"ad": [], "vsd": [], "mssd": [], "mspd": []}
     rot, trans = [], []
     targets = wrong = 0
-    misses = {"rejected_correct": 0, "wrong_accepted": 0, "no_correct_pose": 0}
+    misses = {"rejected_correct": 0, "rejected_correct_score_only": 0, "wrong_accepted": 0,
+              "no_correct_pose": 0}
     for r in pos:
         valid = (r.visib_fract >= min_visib_fract) & _in_bin(r.visib_fract, bin_range)
         targets += int(valid.sum())
@@ -588,8 +599,11 @@ def summarise(records: Sequence[FrameRecord], mcfg: BopMetricsConfig | None = No
         for j in np.flatnonzero(valid):
             if j in hit:
                 continue
-            if r.rejected_ad.size and np.any(r.rejected_ad[:, j] < mcfg.add_threshold):
+            ok_rej = r.rejected_ad[:, j] < mcfg.add_threshold if r.rejected_ad.size else []
+            if np.any(ok_rej):
                 misses["rejected_correct"] += 1
+                if r.rejected_by_score_only.size and np.any(r.rejected_by_score_only & ok_rej):
+                    misses["rejected_correct_score_only"] += 1
             elif r.n_est:
                 misses["wrong_accepted"] += 1
             else:
@@ -626,6 +640,46 @@ def summarise(records: Sequence[FrameRecord], mcfg: BopMetricsConfig | None = No
         for label, b in out.bins.items():  # targets in the bin's range only
             b.frames = int(sum(((r.visib_fract >= min_visib_fract)
                                 & _in_bin(r.visib_fract, OCCLUSION_BINS[label])).any() for r in pos))
+    return out
+
+
+def threshold_sweep(records: Sequence[FrameRecord], thresholds: Sequence[float],
+                    add_threshold: float = 0.1, min_visib_fract: float = 0.1,
+                    bin_range: tuple[float, float] | None = None) -> list[dict]:
+    """What another verification score threshold would have given, post hoc.
+
+    At threshold ``t`` an estimate counts as accepted when its score is >= ``t`` and it was
+    accepted, or rejected by the score alone (other gates still apply). Per frame and object the
+    best-scored such estimates are matched (BOP greedy matching, as many as targets) under
+    ADD(-S) < ``add_threshold``; a frame without the object with any such estimate is a false
+    detection. Approximate: the pipeline's early exit and alternative refinements depend on the
+    threshold, and estimates merged into one instance are not all recorded.
+
+    Returns
+    -------
+    list of dict
+        ``threshold``, ``ad_recall``, ``targets``, ``false_detection_rate``, ``negatives``.
+    """
+    out = []
+    for t in thresholds:
+        hits = targets = fd = neg = 0
+        for r in records:
+            keep_rej = r.rejected_by_score_only & (r.rejected_scores >= t)
+            scores = np.concatenate([r.scores[r.scores >= t], r.rejected_scores[keep_rej]])
+            if r.n_gt == 0:
+                neg += 1
+                fd += int(scores.size > 0)
+                continue
+            valid = (r.visib_fract >= min_visib_fract) & _in_bin(r.visib_fract, bin_range)
+            targets += int(valid.sum())
+            if not scores.size or not valid.any():
+                continue
+            errors = np.vstack([r.ad[r.scores >= t], r.rejected_ad[keep_rej]])
+            matched = match_poses(errors, scores, add_threshold, valid, int(valid.sum()))
+            hits += int(np.count_nonzero((matched >= 0) & valid))
+        out.append({"threshold": float(t), "ad_recall": hits / targets if targets else None,
+                    "targets": targets, "false_detection_rate": fd / neg if neg else None,
+                    "negatives": neg})
     return out
 
 
