@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -20,9 +21,11 @@ from weak_template_ros.pose.evaluate import (
     OCCLUSION_BINS,
     STAGES,
     EvalConfig,
+    FrameRecord,
     draw_overlays,
     evaluate_bop,
     load_libraries,
+    summarise,
     threshold_sweep,
 )
 from weak_template_ros.twin.bop import BopDataset, BopWriter
@@ -132,3 +135,48 @@ def test_templates_of_another_model(dataset, tmp_path):
         load_libraries(root, [f"2={wtl}"])
     res = runner.invoke(app, ["eval", "--dataset", str(root), "-t", str(path)])
     assert res.exit_code == 2 and "other_nut.wtl: model checksum" in " ".join(res.output.split())
+
+
+def _record(ad, scores, visib, rejected_ad=None, rejected_scores=(), score_only=(), obj_id=1):
+    """A hand-made FrameRecord: only ADD(-S) matters here (other errors copied from it)."""
+    ad = np.asarray(ad, float).reshape(len(scores), len(visib))
+    n_e, n_g = ad.shape
+    eye = np.broadcast_to(np.eye(4), (n_g, 4, 4)).copy()
+    return FrameRecord(0, 0, obj_id, eye, np.asarray(visib, float),
+                       np.broadcast_to(np.eye(4), (n_e, 4, 4)).copy(), np.asarray(scores, float),
+                       ad, ad, ad * 100, np.repeat(ad[..., None], 10, axis=2), ad * 0.1, ad * 0.01,
+                       {s: 1.0 for s in STAGES}, rejected=len(rejected_scores),
+                       rejected_ad=np.asarray(rejected_ad if rejected_ad is not None
+                                              else np.zeros((0, n_g)), float),
+                       rejected_scores=np.asarray(rejected_scores, float),
+                       rejected_by_score_only=np.asarray(score_only, bool))
+
+
+def test_summary_matching_bins_and_misses_by_hand():
+    """Two instances in one frame (5 % and 40 % occluded), the best-scored estimate on the
+    second: recall 1/2, the first is missed with a wrong pose accepted; a frame with one
+    instance whose correct pose verification rejected; two negatives, one with a detection."""
+    recs = [
+        _record([[0.5, 0.02], [0.5, 0.6]], [0.95, 0.93], [0.95, 0.60]),
+        _record(np.zeros((0, 1)), [], [0.85], rejected_ad=[[0.03]], rejected_scores=[0.7],
+                score_only=[True]),
+        _record(np.zeros((1, 0)), [0.92], []),
+        _record(np.zeros((0, 0)), [], []),
+    ]
+    o = summarise(recs)
+    assert (o.targets, o.frames, o.frames_without) == (3, 2, 2)
+    assert o.ad_recall == pytest.approx(1 / 3)
+    assert o.false_detections == 1 and o.false_detection_rate == 0.5
+    assert o.wrong_detections == 1  # the second estimate of frame 1 matches nothing
+    assert o.misses == {"rejected_correct": 1, "rejected_correct_score_only": 1,
+                        "wrong_accepted": 1, "no_correct_pose": 0}
+    assert o.median_rot_rad == pytest.approx(0.002) and o.median_trans_m == pytest.approx(0.0002)
+    assert (o.bins["0-10%"].targets, o.bins["0-10%"].ad_recall) == (1, 0.0)
+    assert (o.bins["10-30%"].targets, o.bins["10-30%"].ad_recall) == (1, 0.0)
+    assert (o.bins["30-50%"].targets, o.bins["30-50%"].ad_recall) == (1, 1.0)
+    # MSSD errors = ADD errors here: every MSSD threshold >= 0.05 d passes the one correct match.
+    assert o.ar_mssd == pytest.approx(1 / 3)
+    # Lowering the threshold to 0.7 accepts the rejected correct pose and keeps the detection.
+    low = threshold_sweep(recs, [0.7])[0]
+    assert low["ad_recall"] == pytest.approx(2 / 3) and low["false_detection_rate"] == 0.5
+    assert threshold_sweep(recs, [0.94])[0]["false_detection_rate"] == 0.0
