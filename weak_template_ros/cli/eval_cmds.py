@@ -126,7 +126,7 @@ def eval_cmd(
                   "of correct estimates; FD: false detections / frames without the object")
     bins = Table("object", *result.overall.bins, title="ADD(-S) recall per occlusion bin (targets)")
     for r in rows:
-        bins.add_row(r.name if r.obj_id is None else str(r.obj_id),
+        bins.add_row("all" if r.obj_id is None else str(r.obj_id),
                      *(f"{b.ad_recall:.0%} ({b.targets})" if b.targets else "-"
                        for b in r.bins.values()))
     console.print(bins)
