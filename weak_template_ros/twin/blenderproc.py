@@ -104,6 +104,8 @@ class BlenderProcConfig:
                            "glossy-to-diffuse light)")
     tile_size: int = param(0, "Cycles render tile size (0: Cycles' default, 2048)", lo=0, hi=8192,
                            unit="px")
+    persistent_data: bool = param(True, "keep Cycles' scene data (BVH, images) between the frames "
+                                  "of a run (BlenderProc's choice)")
     gt_pass: str = param("cycles", "where depth and visible masks come from: cycles (a second, "
                          "one-sample pixel-centred render) or embedded (the exact ray caster: "
                          "compare_backends measures them equal, <= 0.02 mm, IoU 1.0)",
@@ -305,6 +307,7 @@ def build_job(models: dict[int, PartModel], spec: SceneSpec, seed: int, scene_id
         "render": {"samples": cfg.samples, "denoiser": None if cfg.denoiser == "none" else "INTEL",
                    "noise_threshold": cfg.noise_threshold, "adaptive_min_samples": cfg.adaptive_min_samples,
                    "caustics": cfg.caustics, "tile_size": cfg.tile_size,
+                   "persistent_data": cfg.persistent_data,
                    "gt_pass": cfg.gt_pass == "cycles", "filter_width_px": cfg.filter_width_px,
                    "threads": cfg.threads, "max_bounces": cfg.max_bounces,
                    "seed": int(np.random.default_rng([seed, scene_id, 3]).integers(2**31 - 1))},
