@@ -163,3 +163,52 @@ def test_refinement_off_verifies_the_coarse_pose(nut):
     np.testing.assert_allclose(est[0].T_cam_obj_refined, T_gt)
     d = est[0].to_dict()
     assert d["accepted"] and len(d["T_cam_obj"]["quat_xyzw"]) == 4
+
+
+def test_near_duplicate_hypotheses_are_skipped_and_indices_kept(nut):
+    """A start 2 deg from an earlier one is the same ICP basin: skipped; estimates keep the
+    index of their hypothesis in the list given."""
+    frame = _frame({1: nut}, noise=False)
+    T_gt = _gt(frame, 1)
+    bad = T_gt.copy()
+    bad[:3, 3] += np.array([0.12, 0.0, 0.0])
+    near_bad = _coarse(bad, np.random.default_rng(2), 2.0, 0.001)
+    good = _coarse(T_gt, np.random.default_rng(1), 5.0, 0.005)
+    cfg = PoseConfig(early_exit_score=1.0, alternatives=())
+    est = PoseEstimator(nut, frame.camera, cfg).refine_and_verify(
+        [bad, near_bad, good], frame.rgb, frame.depth, return_rejected=True)
+    assert sorted(e.hypothesis_index for e in est) == [0, 2]
+    assert est[0].accepted and est[0].hypothesis_index == 2
+
+
+def test_alternative_refinements_run_when_no_estimate_is_sure(nut):
+    """With early exit off, the best estimate is refined again with each alternative; on a
+    clean render all of them recover the pose."""
+    frame = _frame({1: nut}, noise=False)
+    T_gt = _gt(frame, 1)
+    start = _coarse(T_gt, np.random.default_rng(3), 5.0, 0.005)
+    cfg = PoseConfig(early_exit_score=1.0, alternative_candidates=1, max_instances=3,
+                     same_instance_distance=0.0)
+    est = PoseEstimator(nut, frame.camera, cfg).refine_and_verify([start], frame.rgb, frame.depth)
+    assert sorted(e.refinement for e in est) == sorted(("", *cfg.alternatives))
+    for e in est:
+        r, t = _errors(e.T_cam_obj, T_gt, nut)
+        assert r < 0.5 and t < 1.0, (e.refinement, r, t)
+
+
+def test_unknown_alternative_is_named():
+    from weak_template_ros.errors import InputError
+
+    with pytest.raises(InputError, match="alternatives"):
+        PoseConfig(alternatives=("no_such_icp",))
+
+
+def test_matcher_config_for_the_pose_stage():
+    from weak_template_ros.linemod.matcher import MatcherConfig
+    from weak_template_ros.pose import hypothesis_matcher_config
+
+    mc = MatcherConfig(max_detections=5, score_threshold=0.5, nms_iou=0.4)
+    out = hypothesis_matcher_config(mc, PoseConfig(linemod_detections=12, linemod_nms_iou=0.0))
+    assert (out.max_detections, out.score_threshold, out.nms_iou) == (12, 0.3, 0.4)
+    assert out.refine_candidates == PoseConfig().linemod_refine_candidates
+    assert mc.max_detections == 5  # the caller's config is not changed

@@ -158,13 +158,6 @@ class PoseConfig:
         "best estimates when none scored early_exit_score; the best verification score wins: "
         "'point_to_plane' (ICP variant that slides less along extrusions), 'keep_edges' (scene "
         "points next to depth jumps kept: thin parts)")
-    flip_candidates: int = param(0, "best estimates whose 180-degree turns about the model's "
-                                 "principal axes (those that are not symmetries) are refined "
-                                 "too, whatever their score: near-symmetric parts are proposed "
-                                 "flipped (0: none)", lo=0, hi=100)
-    flip_min_score: float = param(0.6, "a turned pose is refined only when it scores at least "
-                                  "this before ICP (a visibly different outline is not tried)",
-                                  lo=0.0, hi=1.0)
     alternative_candidates: int = param(2, "best estimates (distinct coarse poses) that get the "
                                         "alternatives (0: none)", lo=0, hi=1000)
     alternative_min_score: float = param(0.5, "estimates scoring less get no alternatives",

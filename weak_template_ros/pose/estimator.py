@@ -243,9 +243,11 @@ class PoseEstimator:
         Parameters
         ----------
         hypotheses : sequence of (4, 4) arrays or of objects with ``T_cam_obj`` (and ``score``)
-            Coarse ``T_cam_obj``, metres. At most ``cfg.max_hypotheses`` are used, in order;
-            the rest are skipped once ``cfg.max_instances`` estimates scored at least
-            ``cfg.early_exit_score``.
+            Coarse ``T_cam_obj``, metres. Those close to an earlier one are dropped
+            (``cfg.duplicate_*``), then at most ``cfg.max_hypotheses`` are used, in order; the
+            rest are skipped once ``cfg.max_instances`` estimates scored at least
+            ``cfg.early_exit_score``. When none did, the best ``cfg.alternative_candidates``
+            are refined again from their coarse pose with each of ``cfg.alternatives``.
         rgb : (H, W, 3) uint8 RGB or (H, W) grey image, or None
             Used for the edge cue of verification (None: depth edges only).
         depth : (H, W) float array
@@ -261,7 +263,7 @@ class PoseEstimator:
         depth = check_frame(rgb, depth, self.camera)
         mp = self.points
         hyps = self._distinct_hypotheses(_as_hypotheses(hypotheses), mp)[: self.cfg.max_hypotheses]
-        self._check_scale(hyps, mp)
+        self._check_scale([(T, s) for _, T, s in hyps], mp)
         cfg = self.cfg
         estimates: list[PoseEstimate] = []
 
@@ -270,29 +272,15 @@ class PoseEstimator:
             return cfg.early_exit_score < 1.0 and len(self._distinct(good, mp)) >= cfg.max_instances
 
         with self._lock:
-            for i, (T, s) in enumerate(hyps):
+            for i, T, s in hyps:
                 estimates.append(self._one(i, T, s, rgb, depth, mp))
                 if sure():
                     break
-            if cfg.refine and cfg.flip_candidates:
-                # LINEMOD proposes box-like parts turned by 180 degrees, and such a turn often
-                # verifies almost as well: the turned pose is refined as well and the better
-                # verification wins (kept only when the turn is not a symmetry of the part).
-                ranked = sorted((e for e in estimates if e.score >= cfg.alternative_min_score),
-                                key=lambda e: -e.score)[: cfg.flip_candidates]
-                for e in ranked:
-                    for F in self._flips(mp):
-                        T = e.T_cam_obj_refined @ F
-                        with_refine = dataclasses.replace(cfg, refine=False)
-                        pre = self._one(e.hypothesis_index, T, e.hypothesis_score, rgb, depth, mp,
-                                        cfg_override=with_refine)
-                        if pre.score >= cfg.flip_min_score:
-                            estimates.append(self._one(e.hypothesis_index, T, e.hypothesis_score,
-                                                       rgb, depth, mp, "flip"))
             if cfg.refine and cfg.alternatives and not sure():
                 # ICP variants fail on different parts (generalized ICP slides along extrusions,
                 # point-to-plane less; edge filtering starves thin sheets): the best verified
-                # result of the variants is kept (dev set: +6 of 36 frames found).
+                # result of the variants is kept (dev frames, 10 deg / 1 cm starts: 15 -> 21 of
+                # 24 within 5 deg; end to end 44 -> 50 % of 36 frames).
                 ranked = sorted((e for e in estimates if e.score >= cfg.alternative_min_score),
                                 key=lambda e: -e.score)[: cfg.alternative_candidates]
                 for e in ranked:
@@ -308,46 +296,23 @@ class PoseEstimator:
             kept += sorted((e for e in estimates if not e.accepted), key=lambda e: -e.score)
         return kept
 
-    def _flips(self, mp: ModelPoints) -> list[np.ndarray]:
-        """Object-frame 180-degree turns about the principal axes through the model centre,
-        without those that are (within 5 degrees) symmetries of the model."""
-        key = mp.checksum
-        if getattr(self, "_flips_key", None) != key:
-            d = mp.points - mp.center
-            _, vecs = np.linalg.eigh(d.T @ d)
-            syms = self.model.symmetry_transforms(0.05)[:, :3, :3]
-            out = []
-            for a in vecs.T:
-                R = 2.0 * np.outer(a, a) - np.eye(3)  # 180 degrees about a
-                cos = (np.einsum("kij,ij->k", syms, R) - 1.0) / 2.0  # trace(S^T R)
-                if np.all(cos < math.cos(math.radians(5.0))):
-                    F = np.eye(4)
-                    F[:3, :3] = R
-                    F[:3, 3] = mp.center - R @ mp.center
-                    out.append(F)
-            self._flips_cache, self._flips_key = out, key
-        return self._flips_cache
-
     def _distinct_hypotheses(self, hyps: list[tuple[np.ndarray, float | None]], mp: ModelPoints
-                             ) -> list[tuple[np.ndarray, float | None]]:
-        """Hypotheses in order, without those close to an earlier one (same ICP basin)."""
+                             ) -> list[tuple[int, np.ndarray, float | None]]:
+        """(index, pose, score) of the hypotheses in order, without those within
+        ``duplicate_rotation_deg`` and ``duplicate_distance`` of an earlier one (same ICP basin)."""
         cfg = self.cfg
         if cfg.duplicate_rotation_deg <= 0 or cfg.duplicate_distance <= 0:
-            return hyps
+            return [(i, T, s) for i, (T, s) in enumerate(hyps)]
         max_cos = math.cos(math.radians(cfg.duplicate_rotation_deg))
         max_dist = cfg.duplicate_distance * mp.diameter
-        kept: list[tuple[np.ndarray, float | None]] = []
-        for T, s in hyps:
+        kept: list[tuple[int, np.ndarray, float | None]] = []
+        for i, (T, s) in enumerate(hyps):
             c = T[:3, :3] @ mp.center + T[:3, 3]
-            dup = False
-            for K, _ in kept:
-                # cos of the relative rotation angle from the trace of R_k^T R.
-                cos = (np.trace(K[:3, :3].T @ T[:3, :3]) - 1.0) / 2.0
-                if cos >= max_cos and np.linalg.norm(c - K[:3, :3] @ mp.center - K[:3, 3]) <= max_dist:
-                    dup = True
-                    break
-            if not dup:
-                kept.append((T, s))
+            # cos of the relative rotation angle from the trace of R_k^T R.
+            if not any((np.trace(K[:3, :3].T @ T[:3, :3]) - 1.0) / 2.0 >= max_cos
+                       and np.linalg.norm(c - K[:3, :3] @ mp.center - K[:3, 3]) <= max_dist
+                       for _, K, _ in kept):
+                kept.append((i, T, s))
         return kept
 
     def _distinct(self, accepted: list[PoseEstimate], mp: ModelPoints) -> list[PoseEstimate]:
@@ -364,9 +329,8 @@ class PoseEstimator:
         return kept
 
     def _one(self, index: int, T0: np.ndarray, hyp_score: float | None, rgb, depth: np.ndarray,
-             mp: ModelPoints, alternative: str | None = None,
-             cfg_override: PoseConfig | None = None) -> PoseEstimate:
-        cfg = cfg_override or self.cfg
+             mp: ModelPoints, alternative: str | None = None) -> PoseEstimate:
+        cfg = self.cfg
         icp_cfg, scene_cfg = cfg.icp, cfg.scene
         if alternative == "point_to_plane":
             # Its best kernel width by measurement (docs/benchmarks/pose_icp.md).
