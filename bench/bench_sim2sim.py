@@ -105,8 +105,14 @@ def make_dataset(root: Path, backend: str, families: list[str], scenes: int, fra
     return info
 
 
+def dataset_root(args, backend: str) -> Path:
+    """Cache folder of one backend's dataset, named by everything that makes it."""
+    fams = args.families.replace(",", "+")
+    return Path(args.cache) / (f"pose_{backend}_{fams}_{args.scenes_per_family}x{args.frames_per_scene}"
+                               f"_seed{args.seed}" + ("" if backend == "embedded" else f"_spp{args.samples}"))
+
+
 def pose_part(args, env) -> dict:
-    cache = Path(args.cache)
     families = args.families.split(",")
     out = {"families": {str(k + 1): f for k, f in enumerate(families)}, "datasets": {}, "results": {}}
     tcfg = template_config(1)
@@ -114,7 +120,7 @@ def pose_part(args, env) -> dict:
     pcfg = PoseConfig()
     libs = None
     for backend in BACKENDS:
-        root = cache / f"pose_{backend}"
+        root = dataset_root(args, backend)
         out["datasets"][backend] = make_dataset(root, backend, families, args.scenes_per_family,
                                                 args.frames_per_scene, args.seed, args.samples, env)
         ds = BopDataset(root)
@@ -123,14 +129,16 @@ def pose_part(args, env) -> dict:
             libs, _ = libraries(ds, Path(args.template_cache), tcfg)
         t0 = time.perf_counter()
         res = evaluate_bop(ds, libs, EvalConfig(negative_frames=0), pcfg, mcfg)
-        d = res.to_dict()
+        d = res.to_dict(frames=True)
         keep = ("targets", "frames", "ad_recall", "ar", "ar_vsd", "ar_mssd", "ar_mspd", "median_rot_rad",
                 "median_trans_m", "wrong_detections")
         out["results"][backend] = {
             "overall": {k: d["overall"][k] for k in keep},
             "objects": {o: {k: v[k] for k in keep} for o, v in d["objects"].items()},
             "bins": {b: {k: v[k] for k in ("targets", "ad_recall")} for b, v in d["overall"]["bins"].items()},
-            "eval_s": time.perf_counter() - t0}
+            "eval_s": time.perf_counter() - t0,
+            # Per (scene, image): targets found correctly, accepted estimates (paired comparison).
+            "frames": [[r["scene_id"], r["im_id"], r["correct"], len(r["estimates"])] for r in d["frames"]]}
         print(backend, json.dumps(out["results"][backend]["overall"]), flush=True)
     out["templates"] = {"config": to_dict(tcfg), "count": {str(k): len(v) for k, v in libs.items()}}
     return out
@@ -140,15 +148,18 @@ def pose_part(args, env) -> dict:
 # Marks
 
 
+def mark_cache(args) -> Path:
+    return Path(args.cache) / f"marks_n{args.marks}_snr{args.mark_snr:g}_seed{args.seed}_spp{args.samples}"
+
+
 def make_mark_sets(args, env) -> dict[str, Path]:
-    cache = Path(args.cache)
     shape = (256, 256)
     sets = {}
     for kind in args.mark_kinds.split(","):
         spec = MarkSpec(kind=kind, size=128.0, line_width=12.0)
         for backend, surface, light in MARK_SETS:
             name = f"{kind}_{backend}" + (f"_{surface}_{light}" if surface else "")
-            root = cache / "marks" / name
+            root = mark_cache(args) / name
             if not (root / "ground_truth.json").is_file():
                 if backend == "embedded":
                     # `generate marks` defaults: contrast 0.3, blur 1 px, gradient and vignetting 0.1.
@@ -192,7 +203,7 @@ def eval_marks(root: Path) -> dict:
                        "within_0.25px": float(np.mean(e <= 0.25)) if e.size else 0.0,
                        "rms_dtheta_mrad": float(1e3 * np.sqrt(np.mean(np.square(err_t)))) if err_t else None,
                        "median_ms": float(1e3 * np.median(times))}
-    out["levels"] = {k: truth.get("renderer", {}).get(k) for k in ("measured_background", "contrast")}
+    out["levels"] = {"contrast": truth.get("renderer", {}).get("contrast", truth["degradations"]["contrast"])}
     out["polarity"] = truth["mark"]["polarity"]
     return out
 
@@ -261,6 +272,23 @@ def write(result: dict) -> None:
         for o, fam in pose["families"].items():
             lines.append(f"| {o} {fam} | " + " | ".join(
                 _pct(pose["results"][b]["objects"].get(o, {}).get("ad_recall")) for b in BACKENDS) + " |")
+        ref = {(f[0], f[1]): f for f in pose["results"]["embedded"]["frames"]}
+        lines += ["", "Paired, frame by frame against the embedded render of the same scene and view "
+                  "(correct = ADD(-S) < 0.1d; a miss is either no accepted estimate or a wrong one):", "",
+                  "| renderer | both correct | only embedded | only this one | neither | misses without "
+                  "an estimate / with a wrong one |", "| --- | --- | --- | --- | --- | --- |"]
+        for b in BACKENDS[1:]:
+            rows = pose["results"][b]["frames"]
+            both = sum(1 for f in rows if f[2] and ref[(f[0], f[1])][2])
+            only_e = sum(1 for f in rows if not f[2] and ref[(f[0], f[1])][2])
+            only_b = sum(1 for f in rows if f[2] and not ref[(f[0], f[1])][2])
+            neither = len(rows) - both - only_e - only_b
+            no_est = sum(1 for f in rows if not f[2] and f[3] == 0)
+            lines.append(f"| {b} | {both} | {only_e} | {only_b} | {neither} | {no_est} / "
+                         f"{sum(1 for f in rows if not f[2]) - no_est} |")
+        e_rows = pose["results"]["embedded"]["frames"]
+        e_no = sum(1 for f in e_rows if not f[2] and f[3] == 0)
+        lines.append(f"| embedded | – | – | – | – | {e_no} / {sum(1 for f in e_rows if not f[2]) - e_no} |")
         worst = min(100 * (pose["results"][b]["overall"]["ad_recall"] - emb) for b in BACKENDS[1:])
         lines += ["", f"Target: within 5 points of the embedded figure: worst gap {worst:+.1f} points, "
                   f"{'met' if worst >= -5 else 'missed'} on this small set ({d['frames']} frames per "
@@ -292,18 +320,18 @@ def write(result: dict) -> None:
     (OUT / "sim2sim.md").write_text("\n".join(lines) + "\n")
 
 
-def plot(result: dict, cache: Path) -> None:
+def plot(result: dict, args) -> None:
     """Left: one pose frame per backend; right: marks ADD / RMS bars."""
     panels = []
     pose = result.get("pose")
     if pose:
         for b in BACKENDS:
-            ds = BopDataset(cache / f"pose_{b}")
+            ds = BopDataset(dataset_root(args, b))
             frame = next(ds.iter_frames("test"))
             panels.append((b, frame.rgb))
     marks = result.get("marks")
     for name in list((marks or {}).get("sets", {}))[:3]:
-        img = cv2.imread(str(cache / "marks" / name / "000000.png"), cv2.IMREAD_UNCHANGED)
+        img = cv2.imread(str(mark_cache(args) / name / "000000.png"), cv2.IMREAD_UNCHANGED)
         panels.append((name, img.astype(np.float32) / 65535.0))
     if not panels:
         return
@@ -333,14 +361,21 @@ def main() -> None:
     ap.add_argument("--cache", default=str(ROOT / "out" / "sim2sim"))
     ap.add_argument("--template-cache", default=str(ROOT / "out" / "bench_pose_eval"))
     ap.add_argument("--notes", default=None, help="JSON list of markdown lines for the report")
+    ap.add_argument("--rewrite", action="store_true", help="rewrite the markdown (and notes) from "
+                    "sim2sim.json, no measuring")
     args = ap.parse_args()
-    env = bp.BlenderProcEnv.locate()
     path = OUT / "sim2sim.json"
     result = json.loads(path.read_text()) if path.is_file() else {}
+    if args.rewrite:
+        if args.notes:
+            result["notes"] = json.loads(Path(args.notes).read_text())
+        write(result)
+        return
+    env = bp.BlenderProcEnv.locate()
     load0, t0 = os.getloadavg()[0], time.perf_counter()
     if args.part == "data":
         for backend in BACKENDS:
-            make_dataset(Path(args.cache) / f"pose_{backend}", backend, args.families.split(","),
+            make_dataset(dataset_root(args, backend), backend, args.families.split(","),
                          args.scenes_per_family, args.frames_per_scene, args.seed, args.samples, env)
         make_mark_sets(args, env)
         return
@@ -358,7 +393,7 @@ def main() -> None:
     if args.notes:
         result["notes"] = json.loads(Path(args.notes).read_text())
     write(result)
-    plot(result, Path(args.cache))
+    plot(result, args)
     print((OUT / "sim2sim.md").read_text())
 
 
