@@ -369,7 +369,9 @@ class PoseEstimator:
                     # levels only for a hypothesis that already looks like the part.
                     first = _icp_levels(icp_cfg, slice(0, 1))
                     icp_result = refine_icp(src_p, src_n, sp, sn, T0, first)
-                    T1 = icp_result.T_cam_obj if icp_result.ok else T0
+                    # Its pose even below min_correspondences (that test is for the last
+                    # level: a coarse voxel grid of a small part has few points).
+                    T1 = icp_result.T_cam_obj
                     timings["icp"] = (time.perf_counter() - t) * 1e3
                     ver = self._verify(T1, rgb, depth, cfg, timings)
                     if ver.score < cfg.coarse_level_min_score:
