@@ -77,6 +77,8 @@ def test_missing_environment_names_make_sim_setup(tmp_path, monkeypatch):
 def test_unknown_backend_is_refused(tmp_path):
     res = runner.invoke(app, ["generate", "scenes", "--out", str(tmp_path), "--backend", "povray"])
     assert res.exit_code == 2 and "'embedded' or 'blenderproc'" in res.output
+    res = runner.invoke(app, ["generate", "scenes", "--out", str(tmp_path / "e"), "--physics"])
+    assert res.exit_code == 2 and "--backend blenderproc" in res.output and not (tmp_path / "e").exists()
 
 
 def _load_shim():

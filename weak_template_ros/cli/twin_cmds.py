@@ -77,6 +77,11 @@ def generate_scenes(
             from weak_template_ros.errors import InputError
 
             raise InputError("--backend", "'embedded' or 'blenderproc'", backend)
+        if physics and backend != "blenderproc":
+            from weak_template_ros.errors import InputError
+
+            raise InputError("--physics", "--backend blenderproc (the embedded renderer has no physics)",
+                             f"--backend {backend}")
         base = to_dict(load_yaml(SceneSpec, config)) if config else {}
         base.update(frames_per_scene=frames, parts_per_scene=parts, distractors=distractors,
                     occlusion_min=occlusion_min, occlusion_max=occlusion_max, contrast=contrast,
