@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -47,5 +48,7 @@ def user_errors():
     try:
         yield
     except (InputError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        # One unwrapped line (paths stay copyable at any terminal width), the message verbatim
+        # (no rich markup or highlighting inside it: "['mono8', ...]" is text, not a style tag).
+        console.print("[red]error:[/red]", escape(str(exc)), soft_wrap=True, highlight=False)
         raise SystemExit(2) from None
