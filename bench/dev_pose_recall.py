@@ -1,7 +1,7 @@
 """Dev set of the end-to-end pose pipeline (``estimate_poses``): a quick, fixed measurement.
 
-Six part families x ``--frames`` noisy cluttered frames with the part (occlusion 0-30 %) and
-x ``--negatives`` frames without it (another part and distractors). Template libraries as in
+Six part families x ``--frames`` (10) noisy cluttered frames with the part (occlusion 0-30 %) and
+x ``--negatives`` (8) frames without it (another part and distractors). Template libraries as in
 ``bench_pose_icp.py`` (42 views x 12 in-plane x 2 distances), cached under ``--cache``.
 
 Prints ADD(-S) 0.1 d recall (all, occlusion < 10 %, 10-30 %), false detections, detected but
@@ -18,6 +18,7 @@ or matcher fields (``matcher.max_detections=20``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -31,7 +32,12 @@ from weak_template_ros.linemod.matcher import Matcher, MatcherConfig
 from weak_template_ros.linemod.templates import TemplateConfig, TemplateLibrary, build_templates
 from weak_template_ros.metrics import ad, re_te_sym
 from weak_template_ros.models import PART_FAMILIES, make_part
-from weak_template_ros.pose import PoseConfig, PoseEstimator, estimate_poses
+from weak_template_ros.pose import (
+    PoseConfig,
+    PoseEstimator,
+    estimate_poses,
+    hypothesis_matcher_config,
+)
 from weak_template_ros.pose.model_points import model_points
 from weak_template_ros.twin.scenes import SceneSpec, iter_scene_frames
 
@@ -80,7 +86,9 @@ def run(args) -> dict:
             _set(pose_d, k, v)
     cfg = from_mapping(PoseConfig, pose_d)
     mcfg = from_mapping(MatcherConfig, match_d)
-    ocfg = from_mapping(MatcherConfig, mdict | {"max_detections": max(args.oracle_k, 1)})
+    # The oracle sees what estimate_poses asks the matcher for, ``--oracle-k`` of them.
+    ocfg = dataclasses.replace(hypothesis_matcher_config(mcfg, cfg),
+                               max_detections=max(args.oracle_k, 1))
     families = args.families.split(",")
     rows = []
     for family in families:
@@ -166,7 +174,7 @@ def summarise(rows: list[dict]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--frames", type=int, default=10, help="frames with the part per family")
-    ap.add_argument("--negatives", type=int, default=4, help="frames without the part per family")
+    ap.add_argument("--negatives", type=int, default=8, help="frames without the part per family")
     ap.add_argument("--families", default=",".join(PART_FAMILIES))
     ap.add_argument("--cache", default="/tmp/wtr_dev_templates")
     ap.add_argument("--oracle-k", type=int, default=0, help="hypotheses of the oracle (0: off)")
