@@ -43,7 +43,7 @@ from weak_template_ros.config import load_yaml, to_dict
 from weak_template_ros.linemod.matcher import MatcherConfig
 from weak_template_ros.models import make_part
 from weak_template_ros.pose import PoseConfig
-from weak_template_ros.pose.evaluate import EvalConfig, evaluate_bop
+from weak_template_ros.pose.evaluate import EvalConfig, evaluate_bop, threshold_sweep
 from weak_template_ros.twin import blenderproc as bp
 from weak_template_ros.twin.bop import BopDataset, BopWriter
 from weak_template_ros.twin.marks import Degradations, MarkSpec, write_mark_dataset
@@ -60,6 +60,7 @@ BACKENDS = ("embedded", "blenderproc_twin", "blenderproc_pbr")
 MARK_SETS = (("embedded", None, None), ("blenderproc", "wafer", "coaxial"),
              ("blenderproc", "pcb", "ring"))
 METHODS = ("classical", "learned", "hybrid")
+SWEEP = (0.8, 0.85, 0.9, 0.95)
 
 
 # ------------------------------------------------------------------------------------------
@@ -112,6 +113,24 @@ def dataset_root(args, backend: str) -> Path:
                                f"_seed{args.seed}" + ("" if backend == "embedded" else f"_spp{args.samples}"))
 
 
+def part_presets(args) -> dict[int, str]:
+    """The PBR preset BlenderProc gave each scene's part (from the scene's own job)."""
+    import tempfile
+
+    families = args.families.split(",")
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, fam in enumerate(families):
+            part = {k + 1: make_part(fam, seed=0)}
+            for s in range(args.scenes_per_family):
+                scene_id = k * args.scenes_per_family + s
+                job, _ = bp.build_job(part, scene_spec(args.frames_per_scene, s), args.seed, scene_id,
+                                      bp.BlenderProcConfig(materials="pbr"), Path(tmp) / str(scene_id))
+                name = next(o["material"] for o in job["objects"] if o["annotated"])
+                out[scene_id] = job["materials"][name]["preset"]
+    return out
+
+
 def pose_part(args, env) -> dict:
     families = args.families.split(",")
     out = {"families": {str(k + 1): f for k, f in enumerate(families)}, "datasets": {}, "results": {}}
@@ -138,8 +157,21 @@ def pose_part(args, env) -> dict:
             "bins": {b: {k: v[k] for k in ("targets", "ad_recall")} for b, v in d["overall"]["bins"].items()},
             "eval_s": time.perf_counter() - t0,
             # Per (scene, image): targets found correctly, accepted estimates (paired comparison).
-            "frames": [[r["scene_id"], r["im_id"], r["correct"], len(r["estimates"])] for r in d["frames"]]}
+            "frames": [[r["scene_id"], r["im_id"], r["correct"], len(r["estimates"])] for r in d["frames"]],
+            # Post hoc: what other verification score thresholds would have given.
+            "threshold_sweep": threshold_sweep(res.records, SWEEP),
+            "verify_threshold": pcfg.verify.score_threshold}
         print(backend, json.dumps(out["results"][backend]["overall"]), flush=True)
+    presets = part_presets(args)
+    emb = {(f[0], f[1]): f[2] for f in out["results"]["embedded"]["frames"]}
+    by_preset: dict[str, list[int]] = {}
+    for s, i, correct, _n in out["results"]["blenderproc_pbr"]["frames"]:
+        rec = by_preset.setdefault(presets[s], [0, 0, 0])
+        rec[0] += 1
+        rec[1] += correct > 0
+        rec[2] += emb[(s, i)] > 0
+    out["results"]["blenderproc_pbr"]["by_preset"] = {
+        k: {"frames": v[0], "correct": v[1], "embedded_correct": v[2]} for k, v in sorted(by_preset.items())}
     out["templates"] = {"config": to_dict(tcfg), "count": {str(k): len(v) for k, v in libs.items()}}
     return out
 
@@ -289,6 +321,22 @@ def write(result: dict) -> None:
         e_rows = pose["results"]["embedded"]["frames"]
         e_no = sum(1 for f in e_rows if not f[2] and f[3] == 0)
         lines.append(f"| embedded | – | – | – | – | {e_no} / {sum(1 for f in e_rows if not f[2]) - e_no} |")
+        if "by_preset" in pose["results"]["blenderproc_pbr"]:
+            lines += ["", "PBR material of the part (seeded per scene) vs the embedded render of the same "
+                      "frames, frames correct:", "", "| preset | frames | embedded | blenderproc_pbr |",
+                      "| --- | --- | --- | --- |"]
+            for k, v in pose["results"]["blenderproc_pbr"]["by_preset"].items():
+                lines.append(f"| {k} | {v['frames']} | {v['embedded_correct']} | {v['correct']} |")
+        if "threshold_sweep" in pose["results"]["embedded"]:
+            thr = pose["results"]["embedded"]["verify_threshold"]
+            lines += ["", f"Verification score threshold (the run used {thr}), post hoc "
+                      "(`evaluate.threshold_sweep`: approximate, the pipeline's early exits depend on it), "
+                      "ADD(-S) 0.1d recall:", "",
+                      "| renderer | " + " | ".join(f"{t:g}" for t in SWEEP) + " |",
+                      "| --- " * (len(SWEEP) + 1) + "|"]
+            for b in BACKENDS:
+                sw = pose["results"][b]["threshold_sweep"]
+                lines.append(f"| {b} | " + " | ".join(_pct(x["ad_recall"]) for x in sw) + " |")
         worst = min(100 * (pose["results"][b]["overall"]["ad_recall"] - emb) for b in BACKENDS[1:])
         lines += ["", f"Target: within 5 points of the embedded figure: worst gap {worst:+.1f} points, "
                   f"{'met' if worst >= -5 else 'missed'} on this small set ({d['frames']} frames per "
