@@ -136,7 +136,7 @@ class PoseConfig:
     scene: ScenePointsConfig = field(default_factory=ScenePointsConfig)
     icp: IcpConfig = field(default_factory=IcpConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
-    max_hypotheses: int = param(20, "coarse hypotheses refined per frame, best coarse score "
+    max_hypotheses: int = param(10, "coarse hypotheses refined per frame, best coarse score "
                                 "first", lo=1, hi=1000)
     early_exit_score: float = param(0.97, "stop refining further hypotheses once max_instances "
                                     "estimates scored at least this (1: refine them all)", lo=0.0,
