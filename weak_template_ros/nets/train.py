@@ -281,9 +281,9 @@ def detector_loss(model: DetectorNet, b: D.DetectorBatch, cfg: DetectorTrainConf
 class _Batches(torch.utils.data.IterableDataset):
     """Training batches ``start .. steps - 1`` in order (rendered in a worker process)."""
 
-    def __init__(self, kind: str, cfg, start: int):
+    def __init__(self, kind: str, cfg, start: int, batches: Callable | None = None):
         super().__init__()
-        self.kind, self.cfg, self.start = kind, cfg, start
+        self.kind, self.cfg, self.start, self.batches = kind, cfg, start, batches
 
     def __iter__(self):
         c = self.cfg
@@ -292,7 +292,9 @@ class _Batches(torch.utils.data.IterableDataset):
         # round-robin, so the steps arrive in order.
         first, stride = (0, 1) if info is None else (info.id, info.num_workers)
         for step in range(self.start + first, c.steps, stride):
-            if self.kind == "refiner":
+            if self.batches is not None:  # another data source (e.g. bproc_data.MixedDetectorSource)
+                yield step, self.batches(c.seed, step, c.batch, c.twin, c.sampling)
+            elif self.kind == "refiner":
                 yield step, D.refiner_training_batch(c.seed, step, c.batch, c.twin, c.sampling)
             else:
                 yield step, D.detector_training_batch(c.seed, step, c.batch, c.twin, c.sampling)
@@ -398,11 +400,16 @@ def score(kind: str, model: torch.nn.Module, cfg, samples: list[tuple]) -> dict:
 
 def train(kind: str, cfg, out: str | Path, resume: bool = True,
           on_step: Callable[[int, int, dict], None] | None = None,
-          on_phase: Callable[[str], None] | None = None) -> dict:
+          on_phase: Callable[[str], None] | None = None, batches: Callable | None = None,
+          init_weights: str | Path | None = None) -> dict:
     """Train (or resume) ``kind`` with ``cfg`` into folder ``out``; returns the model card.
 
     ``on_step(step, steps, stats)`` is called after every step, ``on_phase(name)`` when a phase
-    starts (progress display).
+    starts (progress display). ``batches(seed, step, batch, twin, sampling)``: the training batch
+    of a step (default: the twin's, :func:`.data.detector_training_batch` /
+    :func:`.data.refiner_training_batch`; it must be picklable when ``cfg.workers`` > 0).
+    ``init_weights``: a weight file of ``kind`` to start from (fine-tuning) instead of the seeded
+    initialisation; its architecture must be ``cfg.arch``. Both are recorded in the card.
     """
     if kind not in CONFIGS or not isinstance(cfg, CONFIGS[kind]):
         raise InputError("config", f"a {CONFIGS.get(kind, RefinerTrainConfig).__name__}", type(cfg).__name__)
@@ -412,7 +419,16 @@ def train(kind: str, cfg, out: str | Path, resume: bool = True,
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    model = _build(kind, cfg).to(device)
+    model = _build(kind, cfg)
+    if init_weights is not None:
+        from weak_template_ros.nets.weights import load_model
+
+        init_model, _ = load_model(init_weights, kind)
+        if to_dict(init_model.arch) != to_dict(cfg.arch):
+            raise InputError(str(init_weights), f"weights of the config's architecture {to_dict(cfg.arch)}",
+                             f"architecture {to_dict(init_model.arch)}")
+        model.load_state_dict(init_model.state_dict())
+    model = model.to(device)
     # The covariance calibration (one scalar, to move by ~log 5) learns with a 20x learning rate.
     calib = [p for n, p in model.named_parameters() if n == "log_kappa"]
     rest = [p for n, p in model.named_parameters() if n != "log_kappa"]
@@ -455,7 +471,8 @@ def train(kind: str, cfg, out: str | Path, resume: bool = True,
         if on_phase:
             on_phase("train")
         loader = torch.utils.data.DataLoader(
-            _Batches(kind, cfg, start), batch_size=None, collate_fn=_identity, num_workers=cfg.workers,
+            _Batches(kind, cfg, start, batches), batch_size=None, collate_fn=_identity,
+            num_workers=cfg.workers,
             worker_init_fn=_worker_init if cfg.workers else None,
             prefetch_factor=2 if cfg.workers else None,
             # spawn, not fork: a process that already ran OpenMP-parallel torch code (a test
@@ -509,6 +526,10 @@ def train(kind: str, cfg, out: str | Path, resume: bool = True,
                       subset)
     if val_n:
         card["training"]["validation"] = validation
+    if batches is not None:
+        card["training"]["batches"] = repr(batches)
+    if init_weights is not None:
+        card["training"]["init_weights"] = str(init_weights)
     save_weights(out / f"{kind}.pt", kind, model, card)
     (out / f"{kind}.md").write_text(card_markdown(card))
     (out / "history.json").write_text(json.dumps(history, indent=1))
@@ -588,6 +609,10 @@ def card_markdown(card: dict) -> str:
          f"- hardware: {hw['machine']} {hw['processor'] or ''}, {hw['cpu_count']} cores (shared; load "
          "average "
          f"{_fmt(hw['load_average_at_end'])} at the end), torch {hw['torch']}, device {hw['device']}"]
+    if t.get("init_weights"):
+        L.append(f"- fine-tuned from `{t['init_weights']}` (not the seeded initialisation)")
+    if t.get("batches"):
+        L.append(f"- training batches: {t['batches']} (not only the twin, despite the line above)")
     v = t.get("validation")
     if v:
         curve = ", ".join(f"{st}: {rms:.4f}" for st, rms in v["curve"])
