@@ -109,3 +109,22 @@ def test_weights_decide_the_score(scene):
     assert v.score == pytest.approx(v.depth_fit)
     d = v.to_dict()
     assert set(d) >= {"score", "depth_fit", "normal_fit", "edge_fit", "free_space_fraction"}
+
+
+def test_a_larger_observed_surface_is_cropped_not_recomputed(scene):
+    """verify_pose given the refinement's surface (a region around the part) gives the same
+    verdict as computing its own; a surface that does not cover the region is not used."""
+    from weak_template_ros.pose.scene_points import Roi, observe_surface
+
+    part, frame, renderer = scene
+    T = frame.objects[0].T_cam_obj
+    d, n = renderer.cast_object("part", T)
+    own = verify_pose(d, n, frame.depth, frame.rgb, frame.camera)
+    big = observe_surface(frame.depth, frame.camera, Roi(0, frame.camera.height, 0, frame.camera.width))
+    shared = verify_pose(d, n, frame.depth, frame.rgb, frame.camera, surface=big)
+    assert shared.accepted == own.accepted and shared.inliers == own.inliers
+    assert abs(shared.score - own.score) < 0.01
+    small = observe_surface(frame.depth, frame.camera, Roi(0, 10, 0, 10))
+    assert small.crop(Roi(0, 20, 0, 20), frame.camera) is None
+    fallback = verify_pose(d, n, frame.depth, frame.rgb, frame.camera, surface=small)
+    assert (fallback.score, fallback.inliers) == (own.score, own.inliers)

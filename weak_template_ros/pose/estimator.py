@@ -35,7 +35,13 @@ from weak_template_ros.models import PartModel
 from weak_template_ros.pose.config import IcpConfig, PoseConfig
 from weak_template_ros.pose.icp import IcpResult, refine_icp
 from weak_template_ros.pose.model_points import ModelPoints, model_points, visible_points
-from weak_template_ros.pose.scene_points import observe_surface, scene_points, sphere_roi, valid_depth
+from weak_template_ros.pose.scene_points import (
+    ObservedSurface,
+    observe_surface,
+    scene_points,
+    sphere_roi,
+    valid_depth,
+)
 from weak_template_ros.pose.symmetry import canonical_pose
 from weak_template_ros.pose.verify import Verification, rejection, verify_pose
 from weak_template_ros.twin.renderer import Renderer
@@ -350,12 +356,14 @@ class PoseEstimator:
 
         T = T0
         icp_result = None
+        shared = None  # the refinement's observed surface, reused by verification when alike
         if cfg.refine:
             center = T0[:3, :3] @ mp.center + T0[:3, 3]
             roi = sphere_roi(self.camera, center, mp.radius, scene_cfg.roi_margin_px)
             if roi is None:
                 return done(T0, rejection("the hypothesis is outside the image"), None)
             surface = observe_surface(depth, self.camera, roi, scene_cfg)
+            shared = surface if scene_cfg == cfg.scene else None
             sp, sn, _ = scene_points(surface, center, mp.radius, scene_cfg.crop_margin)
             d0, _ = self.renderer.cast_object("model", T0)
             vis = visible_points(mp.points, mp.normals, T0, d0, self.camera, icp_cfg.visibility_tolerance)
@@ -373,7 +381,7 @@ class PoseEstimator:
                     # level: a coarse voxel grid of a small part has few points).
                     T1 = icp_result.T_cam_obj
                     timings["icp"] = (time.perf_counter() - t) * 1e3
-                    ver = self._verify(T1, rgb, depth, cfg, timings)
+                    ver = self._verify(T1, rgb, depth, cfg, timings, shared)
                     if ver.score < cfg.coarse_level_min_score:
                         return done(T1, ver, icp_result)
                     t = time.perf_counter()
@@ -386,15 +394,15 @@ class PoseEstimator:
                 timings["icp"] = timings.get("icp", 0.0) + (time.perf_counter() - t) * 1e3
                 if icp_result.ok:
                     T = icp_result.T_cam_obj
-        ver = self._verify(T, rgb, depth, cfg, timings)
+        ver = self._verify(T, rgb, depth, cfg, timings, shared)
         return done(T, ver, icp_result)
 
     def _verify(self, T: np.ndarray, rgb, depth: np.ndarray, cfg: PoseConfig,
-                timings: dict[str, float]) -> Verification:
+                timings: dict[str, float], surface: ObservedSurface | None = None) -> Verification:
         """Render at ``T`` and compare (time added to ``timings["verify"]``)."""
         t = time.perf_counter()
         d1, n1 = self.renderer.cast_object("model", T)
-        ver = verify_pose(d1, n1, depth, rgb, self.camera, cfg.verify, cfg.scene)
+        ver = verify_pose(d1, n1, depth, rgb, self.camera, cfg.verify, cfg.scene, surface)
         timings["verify"] = timings.get("verify", 0.0) + (time.perf_counter() - t) * 1e3
         return ver
 

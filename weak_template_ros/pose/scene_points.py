@@ -132,6 +132,17 @@ class ObservedSurface:
     normal_valid: np.ndarray
     depth: np.ndarray
 
+    def crop(self, roi: Roi, camera: CameraIntrinsics) -> ObservedSurface | None:
+        """The part of this surface inside ``roi`` (full-image ``camera``), or None when
+        ``roi`` is not inside ``self.roi``. Normals near the crop's border keep the context of
+        the larger region (what observe_surface on ``roi`` would lack)."""
+        r = self.roi
+        if not (r.v0 <= roi.v0 and roi.v1 <= r.v1 and r.u0 <= roi.u0 and roi.u1 <= r.u1):
+            return None
+        sl = (slice(roi.v0 - r.v0, roi.v1 - r.v0), slice(roi.u0 - r.u0, roi.u1 - r.u0))
+        return ObservedSurface(roi, roi.camera(camera), self.valid[sl], self.normals[sl],
+                               self.normal_valid[sl], self.depth[sl])
+
 
 def observe_surface(depth: np.ndarray, camera: CameraIntrinsics, roi: Roi,
                     cfg: ScenePointsConfig | None = None) -> ObservedSurface:

@@ -33,7 +33,7 @@ import numpy as np
 
 from weak_template_ros.camera import CameraIntrinsics
 from weak_template_ros.pose.config import ScenePointsConfig, VerifyConfig
-from weak_template_ros.pose.scene_points import Roi, observe_surface, valid_depth
+from weak_template_ros.pose.scene_points import ObservedSurface, Roi, observe_surface, valid_depth
 
 
 @dataclass
@@ -132,7 +132,8 @@ def _gray(rgb: np.ndarray | None) -> np.ndarray | None:
 
 def verify_pose(rendered_depth: np.ndarray, rendered_normals: np.ndarray, depth: np.ndarray,
                 rgb: np.ndarray | None, camera: CameraIntrinsics, cfg: VerifyConfig | None = None,
-                scene_cfg: ScenePointsConfig | None = None) -> Verification:
+                scene_cfg: ScenePointsConfig | None = None,
+                surface: ObservedSurface | None = None) -> Verification:
     """Compare a render of the model at a pose with the observed frame.
 
     Parameters
@@ -149,6 +150,9 @@ def verify_pose(rendered_depth: np.ndarray, rendered_normals: np.ndarray, depth:
     cfg : VerifyConfig, optional
     scene_cfg : ScenePointsConfig, optional
         How observed normals are estimated (smoothing, baseline).
+    surface : ObservedSurface, optional
+        The observation already filtered with ``scene_cfg`` over a larger region (the
+        refinement's): cropped instead of computed again when it covers the region needed.
 
     Returns
     -------
@@ -165,7 +169,9 @@ def verify_pose(rendered_depth: np.ndarray, rendered_normals: np.ndarray, depth:
             + scene_cfg.normal_smoothing_px + 2)
     roi = Roi(int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1).grow(grow, camera)
     sl = roi.slices
-    surface = observe_surface(depth, camera, roi, scene_cfg)
+    surface = surface.crop(roi, camera) if surface is not None else None
+    if surface is None:
+        surface = observe_surface(depth, camera, roi, scene_cfg)
     d_obs = surface.depth
     d_ren = np.asarray(rendered_depth[sl], dtype=np.float32)
     n_ren = np.asarray(rendered_normals[sl], dtype=np.float64)
