@@ -407,9 +407,10 @@ def write(result: dict) -> None:
 
 def plot(result: dict) -> None:
     on, off = result["results"]["icp_on"]["overall"], result["results"]["icp_off"]["overall"]
-    labels = [b for b in OCCLUSION_BINS if on["bins"][b]["targets"]]
+    labels = [b for b in OCCLUSION_BINS if on["bins"][b]["targets"] >= 5]  # no 1-target bars
     x = np.arange(len(labels))
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    sweep = result.get("threshold_sweep")
+    fig, axes = plt.subplots(1, 4 if sweep else 3, figsize=(17 if sweep else 13, 3.8))
     for ax, key, title in ((axes[0], "ad_recall", "ADD(-S) < 0.1 d recall"),
                            (axes[1], "ar", "BOP-19 AR")):
         ax.bar(x - 0.2, [on["bins"][b][key] for b in labels], 0.4, label="ICP on")
@@ -434,6 +435,24 @@ def plot(result: dict) -> None:
     axes[2].set_xlim(0, 1)
     axes[2].set_title("ADD(-S) recall per family")
     axes[2].legend(fontsize=7)
+    if sweep:
+        ax = axes[3]
+        for label, rows in sweep.items():
+            fd = [r["false_detection_rate"] for r in rows]
+            rec = [r["ad_recall"] for r in rows]
+            ax.plot(fd, rec, "o-", ms=3, label=f"targets: {label}")
+            if label == "all":
+                for r in rows:
+                    ax.annotate(f"{r['threshold']:.2f}", (r["false_detection_rate"], r["ad_recall"]),
+                                fontsize=6, xytext=(3, -8), textcoords="offset points")
+        ax.axvline(0.02, color="k", ls=":", lw=1, label="target false det.")
+        ax.set_xlabel("false detection rate (frames without the part)")
+        ax.set_ylabel("ADD(-S) recall")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title("verification threshold, post hoc (ICP on)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
     fig.suptitle("pose pipeline on noisy twin frames" + (" (QUICK run)" if result["quick"] else ""))
     fig.tight_layout()
     fig.savefig(OUT / "pose_eval.png", dpi=100)
