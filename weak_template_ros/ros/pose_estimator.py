@@ -65,7 +65,13 @@ from weak_template_ros.errors import InputError
 from weak_template_ros.linemod.matcher import Matcher, MatcherConfig
 from weak_template_ros.linemod.templates import TemplateLibrary
 from weak_template_ros.models import PartModel, load_mesh
-from weak_template_ros.pose import PoseConfig, PoseEstimate, check_frame, estimate_poses
+from weak_template_ros.pose import (
+    PoseConfig,
+    PoseEstimate,
+    check_frame,
+    estimate_poses,
+    hypothesis_matcher_config,
+)
 from weak_template_ros.ros.conversions import (
     camera_info_to_intrinsics,
     image_to_depth,
@@ -171,11 +177,18 @@ class PoseAssets:
             library = TemplateLibrary.load(cfg.templates_path, model_checksum=model.checksum)
         except InputError as e:
             raise InputError(f"templates_path: {e.name}", e.expected, e.got) from e
-        return cls(model, library, Matcher(library, cfg.matcher), cfg.object_name or model.name)
+        return cls(model, library, Matcher(library, matcher_config(cfg)), cfg.object_name or model.name)
 
     def with_matcher(self, matcher_cfg: MatcherConfig) -> PoseAssets:
         """The same model and library with a matcher of another configuration."""
         return dataclasses.replace(self, matcher=Matcher(self.library, matcher_cfg))
+
+
+def matcher_config(cfg: PoseEstimatorConfig) -> MatcherConfig:
+    """The LINEMOD configuration the node runs: ``matcher.*`` with the pose stage's hypothesis
+    settings (``pose.linemod_*``, :func:`~weak_template_ros.pose.hypothesis_matcher_config`), so
+    the node gets the hypotheses :func:`~weak_template_ros.pose.estimate_poses` would use."""
+    return hypothesis_matcher_config(cfg.matcher, cfg.pose)
 
 
 @dataclass
@@ -475,10 +488,8 @@ class PoseEstimatorNode(Node):
         with self._assets_lock:
             if self._assets_changed(old, new):
                 self._assets = self._take_candidate(new)
-                if new.matcher != self._assets.matcher.config:
-                    self._assets = self._assets.with_matcher(new.matcher)
-            elif new.matcher != old.matcher:
-                self._assets = self._assets.with_matcher(new.matcher)
+            if matcher_config(new) != self._assets.matcher.config:  # matcher.* or pose.linemod_*
+                self._assets = self._assets.with_matcher(matcher_config(new))
             if new.object_name != old.object_name:
                 self._assets = dataclasses.replace(
                     self._assets, object_name=new.object_name or self._assets.model.name)
