@@ -74,3 +74,35 @@ def test_pool_of_other_image_size_is_refused(pool_dir):
     src = MixedDetectorSource(pool_dir, 1.0)
     with pytest.raises(InputError, match="128 px images"):
         src(0, 0, 2, TWIN, dataclasses.replace(SAMPLING, image_size=128))
+
+
+def test_fine_tuning_hooks_start_from_the_weights_and_use_the_source(pool_dir, tmp_path):
+    """train(..., batches=, init_weights=): one tiny step from the shipped detector on mixed batches
+    stays at the shipped weights (lr 1e-7) and the card records both hooks."""
+    import torch
+
+    from weak_template_ros.config import to_dict
+    from weak_template_ros.nets.train import load_config, train
+    from weak_template_ros.nets.weights import load_model, shipped
+
+    cfg = load_config("detector", None, {"steps": 1, "batch": 2, "lr": 1e-7, "workers": 0, "heldout_n": 1,
+                                         "heldout_subset": 1, "sampling": to_dict(SAMPLING)})
+    src = MixedDetectorSource(pool_dir, 0.5)
+    card = train("detector", cfg, tmp_path / "ft", resume=False, batches=src,
+                 init_weights=shipped("detector"))
+    assert card["training"]["batches"] == repr(src)
+    assert card["training"]["init_weights"] == str(shipped("detector"))
+    tuned, _ = load_model(tmp_path / "ft" / "detector.pt", "detector")
+    ref, _ = load_model(None, "detector")
+    for (name, a), b in zip(tuned.state_dict().items(), ref.state_dict().values(), strict=True):
+        # Adam moves each weight by at most ~lr per step: 1e-7, far below 1e-5.
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+
+
+def test_init_weights_of_another_architecture_are_refused(tmp_path):
+    from weak_template_ros.nets.train import load_config, train
+    from weak_template_ros.nets.weights import shipped
+
+    cfg = load_config("detector", None, {"steps": 1, "batch": 2, "workers": 0, "arch": {"channels": 16}})
+    with pytest.raises(InputError, match="architecture"):
+        train("detector", cfg, tmp_path / "x", resume=False, init_weights=shipped("detector"))
