@@ -108,7 +108,7 @@ def render_detector_job(seed: int, stream: int, index: int, s: D.DetectorSamplin
     gray = [np.asarray(r, np.float64) @ B.LUMINANCE for r in raw.radiance]
     exposure = cfg.exposure_level / max(float(np.percentile(gray[0], 99.5)), 1e-12)
     gray = [g * exposure for g in gray]
-    bg, level = B._mark_levels(gray[0], shown, poses[0])
+    bg, level = B.mark_levels(gray[0], shown, poses[0])
     polarity = 1 if level >= bg else -1
     step = max(abs(level - bg), 1e-6)
     background = float(np.clip(bg, 1e-3, 1.0))

@@ -754,7 +754,7 @@ def build_mark_job(spec, shape: tuple[int, int], poses: list, cfg: MarkRenderCon
     }
 
 
-def _mark_levels(gray: np.ndarray, spec, pose) -> tuple[float, float]:
+def mark_levels(gray: np.ndarray, spec, pose) -> tuple[float, float]:
     """(background, mark) levels of an image: medians over fully bare pixels inside the mark's
     bounding square and over fully covered pixels (the twin's exact coverage at ``pose``)."""
     from weak_template_ros.twin.marks import coverage, mark_geometry, place
@@ -809,7 +809,7 @@ def write_mark_dataset_blenderproc(out: str | Path, n: int, spec, shape: tuple[i
     gray = [np.asarray(r, np.float64) @ LUMINANCE for r in raw.radiance]
     exposure = cfg.exposure_level / max(float(np.percentile(gray[0], 99.5)), 1e-12)
     gray = [g * exposure for g in gray]
-    bg, level = _mark_levels(gray[0], spec, poses[0])
+    bg, level = mark_levels(gray[0], spec, poses[0])
     polarity = 1 if level >= bg else -1
     step = abs(level - bg)
     seen = MarkSpec(**{**asdict(spec), "polarity": polarity})
