@@ -790,7 +790,14 @@ def write_mark_dataset_blenderproc(out: str | Path, n: int, spec, shape: tuple[i
     """
     import cv2
 
-    from weak_template_ros.twin.marks import Degradations, MarkSpec, golden_template, make_scene, to_uint16
+    from weak_template_ros.twin.marks import (
+        Degradations,
+        MarkSpec,
+        golden_template,
+        make_scene,
+        to_uint16,
+        write_mark_images,
+    )
 
     if n < 1:
         raise InputError("n", "at least 1 image", n)
@@ -825,27 +832,19 @@ def write_mark_dataset_blenderproc(out: str | Path, n: int, spec, shape: tuple[i
                      snr=cfg.snr * background / max(step, 1e-12) if cfg.snr > 0 else 0.0,
                      defocus_sigma=cfg.template_blur)
     noise = make_scene(seen, shape, replace(d, contrast=1.0), rng=0) if cfg.snr > 0 else None
-    records = []
-    for i, (img, pose, rng) in enumerate(zip(gray, poses, rngs, strict=True)):
-        if noise is not None:
-            img = img + noise.noise_sigma(img) * rng.standard_normal(img.shape)
-        name = f"{i:06d}.png"
-        cv2.imwrite(str(out / name), to_uint16(img))
-        records.append({"image": name, "dx": pose.tx, "dy": pose.ty, "dtheta": pose.theta,
-                        "scale": pose.scale})
-    truth = {"format": "weak_template_ros.marks/1", "template": "template.png",
-             "image_size": [int(shape[1]), int(shape[0])], "full_scale": 65535,
-             "convention": "offset = mark position minus image centre; x right, y down; dtheta CCW on "
-                           "screen (rad); pixel centres at integers",
-             "mark": asdict(seen), "degradations": {**asdict(d), "snr": cfg.snr}, "seed": seed,
-             "images": records,
-             "renderer": {"backend": "blenderproc", **asdict(cfg), "exposure": exposure,
-                          "measured_background": bg, "measured_mark_level": level,
-                          "contrast": step / max(bg, 1e-12),
-                          "render_s": raw.result["timing"].get("colour_render_s"),
-                          "blenderproc_wall_s": raw.wall_s}}
-    (out / "ground_truth.json").write_text(json.dumps(truth, indent=2))
-    return truth
+    def noisy():
+        for img, pose, rng in zip(gray, poses, rngs, strict=True):
+            if noise is not None:
+                img = img + noise.noise_sigma(img) * rng.standard_normal(img.shape)
+            yield img, pose
+
+    renderer = {"backend": "blenderproc", **asdict(cfg), "exposure": exposure,
+                "measured_background": bg, "measured_mark_level": level,
+                "contrast": step / max(bg, 1e-12),
+                "render_s": raw.result["timing"].get("colour_render_s"),
+                "blenderproc_wall_s": raw.wall_s}
+    return write_mark_images(out, noisy(), seen, {**asdict(d), "snr": cfg.snr}, shape, seed,
+                             renderer=renderer)
 
 
 def blenderproc_marks_cli(out: Path, n: int, spec, shape: tuple[int, int], seed: int, max_shift: float,

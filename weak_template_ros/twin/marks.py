@@ -469,14 +469,35 @@ def write_mark_dataset(out: str | Path, n: int, spec: MarkSpec, degradations: De
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(out / "template.png"), to_uint16(golden_template(spec, shape, degradations)))
-    records = []
+    images = []
     for i in range(n):
         rng = np.random.default_rng([seed, i])
         pose = Similarity(rng.uniform(-max_shift, max_shift), rng.uniform(-max_shift, max_shift),
                           rng.uniform(-max_angle, max_angle),
                           1.0 + rng.uniform(-max_scale_error, max_scale_error))
         scene = make_scene(spec, shape, degradations, rng)
-        img, _ = scene.sample(pose, rng)
+        images.append((scene.sample(pose, rng)[0], pose))
+    return write_mark_images(out, images, spec, degradations, shape, seed)
+
+
+def write_mark_images(out: Path, images, spec: MarkSpec, degradations, shape: tuple[int, int], seed: int,
+                      **extra) -> dict:
+    """Write mark images (``NNNNNN.png``, 16 bits, full scale 1.0) and ``ground_truth.json``.
+
+    Parameters
+    ----------
+    out : Path
+        Existing folder (``template.png`` is the caller's).
+    images : iterable of ((H, W) float image, Similarity pose)
+    spec, degradations, shape, seed
+        Recorded in the ground truth (``degradations`` a Degradations or a dict).
+    **extra
+        More top-level ground-truth entries (e.g. ``renderer``).
+
+    Returns the ground-truth dictionary that was written (the one format every mark set shares).
+    """
+    records = []
+    for i, (img, pose) in enumerate(images):
         name = f"{i:06d}.png"
         cv2.imwrite(str(out / name), to_uint16(img))
         records.append({"image": name, "dx": pose.tx, "dy": pose.ty, "dtheta": pose.theta,
@@ -485,7 +506,8 @@ def write_mark_dataset(out: str | Path, n: int, spec: MarkSpec, degradations: De
              "image_size": [int(shape[1]), int(shape[0])], "full_scale": 65535,
              "convention": "offset = mark position minus image centre; x right, y down; dtheta CCW on "
                            "screen (rad); pixel centres at integers",
-             "mark": asdict(spec), "degradations": asdict(degradations), "seed": seed,
-             "images": records}
+             "mark": asdict(spec),
+             "degradations": degradations if isinstance(degradations, dict) else asdict(degradations),
+             "seed": seed, "images": records, **extra}
     (out / "ground_truth.json").write_text(json.dumps(truth, indent=2))
     return truth
