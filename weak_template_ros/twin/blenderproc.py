@@ -43,6 +43,7 @@ from weak_template_ros.twin.renderer import Lighting, Renderer, SceneObject, Tab
 from weak_template_ros.twin.scenes import (
     FrameLayout,
     SceneSpec,
+    annotate_frame,
     arrange_scene,
     iter_frame_layouts,
     iter_scene_frames,
@@ -472,22 +473,7 @@ def _exact_frames(spec: SceneSpec, layout: SceneLayout, scene_id: int) -> Iterat
         objs = [SceneObject(p.key, T_cam_world @ p.T_world_obj, albedo=p.albedo, specular=p.specular)
                 for p in frame_objects]
         out = renderer.render(objs, table=TablePlane(T_cam_world, spec.table_albedo), lighting=lay.lighting)
-        annotations = []
-        for i, p in enumerate(frame_objects):
-            if p.obj_id is None:
-                continue
-            mask = out.masks_full[i]
-            px_all, bbox = None, None
-            if mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any():
-                full = ext.cast_object(p.key, objs[i].T_cam_obj)[0] > 0
-                px_all = int(full.sum())
-                ys, xs = np.nonzero(full)
-                if len(xs):
-                    bbox = (int(xs.min()) - camera.width, int(ys.min()) - camera.height,
-                            int(xs.max() - xs.min()), int(ys.max() - ys.min()))
-            annotations.append(ObjectAnnotation(obj_id=p.obj_id, T_cam_obj=objs[i].T_cam_obj, mask=mask,
-                                                mask_visib=out.instance == i, px_count_all=px_all,
-                                                bbox_obj=bbox))
+        annotations = annotate_frame(out, frame_objects, objs, ext)
         yield BopFrame(rgb=out.rgb, depth=out.depth, camera=camera, objects=annotations,
                        T_cam_world=T_cam_world, scene_id=scene_id, im_id=lay.im_id)
 

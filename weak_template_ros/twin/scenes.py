@@ -325,27 +325,42 @@ def iter_scene_frames(models: dict[int, PartModel], spec: SceneSpec, seed: int, 
         out = renderer.render(objs, table=TablePlane(T_cam_world @ table.T_cam_table, table.albedo),
                               lighting=lay.lighting, sensor=spec.sensor if spec.noise else None,
                               rng=lay.rng)
-        annotations = []
-        for i, p in enumerate(frame_objects):
-            if p.obj_id is None:
-                continue
-            mask = out.masks_full[i]
-            px_all, bbox = None, None
-            if _touches_border(mask):
-                full_ext = ext_renderer.cast_object(p.key, objs[i].T_cam_obj)[0] > 0
-                px_all = int(full_ext.sum())
-                ys, xs = np.nonzero(full_ext)
-                if len(xs):
-                    bbox = (int(xs.min()) - camera.width, int(ys.min()) - camera.height,
-                            int(xs.max() - xs.min()), int(ys.max() - ys.min()))
-            annotations.append(ObjectAnnotation(obj_id=p.obj_id, T_cam_obj=objs[i].T_cam_obj,
-                                                mask=mask, mask_visib=out.instance == i,
-                                                px_count_all=px_all, bbox_obj=bbox))
+        annotations = annotate_frame(out, frame_objects, objs, ext_renderer)
         if lay.occluder is not None:
             for r in (renderer, lowres):
                 r.remove_mesh(lay.occluder.key)
         yield BopFrame(rgb=out.rgb, depth=out.depth, camera=camera, objects=annotations,
                        T_cam_world=T_cam_world, scene_id=scene_id, im_id=lay.im_id)
+
+
+def annotate_frame(out, frame_objects: list[PlacedObject], objs: list, ext_renderer: Renderer
+                   ) -> list[ObjectAnnotation]:
+    """BOP annotations of the parts of a rendered frame (distractors and occluders skipped):
+    pose, full and visible masks, and for parts cut by the image border BOP's ``px_count_all``
+    and ``bbox_obj`` from ``ext_renderer`` (the 3x canvas of :func:`scene_renderers`).
+
+    ``out`` is the frame's render (``masks_full``, ``instance`` indexed like ``frame_objects``),
+    ``objs`` the SceneObjects it rendered (camera-frame poses).
+    """
+    camera = ext_renderer.camera
+    width, height = camera.width // 3, camera.height // 3
+    annotations = []
+    for i, p in enumerate(frame_objects):
+        if p.obj_id is None:
+            continue
+        mask = out.masks_full[i]
+        px_all, bbox = None, None
+        if _touches_border(mask):
+            full_ext = ext_renderer.cast_object(p.key, objs[i].T_cam_obj)[0] > 0
+            px_all = int(full_ext.sum())
+            ys, xs = np.nonzero(full_ext)
+            if len(xs):
+                bbox = (int(xs.min()) - width, int(ys.min()) - height,
+                        int(xs.max() - xs.min()), int(ys.max() - ys.min()))
+        annotations.append(ObjectAnnotation(obj_id=p.obj_id, T_cam_obj=objs[i].T_cam_obj,
+                                            mask=mask, mask_visib=out.instance == i,
+                                            px_count_all=px_all, bbox_obj=bbox))
+    return annotations
 
 
 def _touches_border(mask: np.ndarray) -> bool:
