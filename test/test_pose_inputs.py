@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -180,3 +181,8 @@ def test_model_points_are_cached_and_visibility_matches_the_render():
         else:
             n = transform_points(make_pose(T[:3, :3]), a.normals[~vis])[ok]
             assert np.all((dz > 0.001) | (np.einsum("ij,ij->i", n, p[ok]) >= 0))
+    # Rendering only the pixels of facing points (Renderer.depth_at) is the same test.
+    assert np.array_equal(visible_points(a.points, a.normals, T, functools.partial(r.depth_at, 0, T),
+                                         cam, 0.001), vis)
+    v, u = np.nonzero(d >= 0)
+    assert np.array_equal(r.depth_at(0, T, u, v), d[v, u])

@@ -17,6 +17,7 @@ at it (z-buffer on a render), multi-scale ICP (``icp``), render-and-compare veri
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import threading
 import time
@@ -272,6 +273,7 @@ class PoseEstimator:
         self._check_scale([(T, s) for _, T, s in hyps], mp)
         cfg = self.cfg
         estimates: list[PoseEstimate] = []
+        surfaces: dict = {}  # this frame's observed surfaces by (ROI, scene config)
 
         def sure() -> bool:
             good = [e for e in estimates if e.accepted and e.score >= cfg.early_exit_score]
@@ -279,7 +281,7 @@ class PoseEstimator:
 
         with self._lock:
             for i, T, s in hyps:
-                estimates.append(self._one(i, T, s, rgb, depth, mp))
+                estimates.append(self._one(i, T, s, rgb, depth, mp, surfaces=surfaces))
                 if sure():
                     break
             if cfg.refine and cfg.alternatives and not sure():
@@ -292,7 +294,8 @@ class PoseEstimator:
                 for e in ranked:
                     for name in cfg.alternatives:
                         estimates.append(self._one(e.hypothesis_index, e.T_cam_obj_coarse,
-                                                   e.hypothesis_score, rgb, depth, mp, name))
+                                                   e.hypothesis_score, rgb, depth, mp, name,
+                                                   surfaces))
                         if sure():
                             break
                     if sure():
@@ -335,7 +338,10 @@ class PoseEstimator:
         return kept
 
     def _one(self, index: int, T0: np.ndarray, hyp_score: float | None, rgb, depth: np.ndarray,
-             mp: ModelPoints, alternative: str | None = None) -> PoseEstimate:
+             mp: ModelPoints, alternative: str | None = None,
+             surfaces: dict | None = None) -> PoseEstimate:
+        """Refine and verify one hypothesis; ``surfaces`` caches the frame's observed surfaces
+        by (ROI, scene config): the alternatives start from a hypothesis already prepared."""
         cfg = self.cfg
         icp_cfg, scene_cfg = cfg.icp, cfg.scene
         if alternative == "point_to_plane":
@@ -362,11 +368,15 @@ class PoseEstimator:
             roi = sphere_roi(self.camera, center, mp.radius, scene_cfg.roi_margin_px)
             if roi is None:
                 return done(T0, rejection("the hypothesis is outside the image"), None)
-            surface = observe_surface(depth, self.camera, roi, scene_cfg)
-            shared = surface if scene_cfg == cfg.scene else None
+            surface = self._surface(depth, roi, scene_cfg, surfaces)
+            # An alternative with other scene settings is verified like the others: on the
+            # surface of the configured settings (already there: the hypothesis ran first).
+            shared = surface if scene_cfg == cfg.scene else (surfaces or {}).get(
+                (roi, dataclasses.astuple(cfg.scene)))
             sp, sn, _ = scene_points(surface, center, mp.radius, scene_cfg.crop_margin)
-            d0, _ = self.renderer.cast_object("model", T0)
-            vis = visible_points(mp.points, mp.normals, T0, d0, self.camera, icp_cfg.visibility_tolerance)
+            vis = visible_points(mp.points, mp.normals, T0,
+                                 functools.partial(self.renderer.depth_at, "model", T0), self.camera,
+                                 icp_cfg.visibility_tolerance)
             timings["prepare"] = (time.perf_counter() - t_start) * 1e3
             if len(sp) >= scene_cfg.min_points and vis.sum() >= 3:
                 src_p, src_n = mp.points[vis], mp.normals[vis]
@@ -396,6 +406,16 @@ class PoseEstimator:
                     T = icp_result.T_cam_obj
         ver = self._verify(T, rgb, depth, cfg, timings, shared)
         return done(T, ver, icp_result)
+
+    def _surface(self, depth: np.ndarray, roi, scene_cfg, surfaces: dict | None) -> ObservedSurface:
+        """``observe_surface`` of ``roi``, once per frame (``surfaces``: the frame's cache)."""
+        key = (roi, dataclasses.astuple(scene_cfg))
+        surface = None if surfaces is None else surfaces.get(key)
+        if surface is None:
+            surface = observe_surface(depth, self.camera, roi, scene_cfg)
+            if surfaces is not None:
+                surfaces[key] = surface
+        return surface
 
     def _verify(self, T: np.ndarray, rgb, depth: np.ndarray, cfg: PoseConfig,
                 timings: dict[str, float], surface: ObservedSurface | None = None) -> Verification:

@@ -65,8 +65,7 @@ def model_points(model: PartModel, n: int, seed: int = 0) -> ModelPoints:
 
 
 def visible_points(points: np.ndarray, normals: np.ndarray, T_cam_obj: np.ndarray,
-                   rendered_depth: np.ndarray, camera: CameraIntrinsics,
-                   tolerance: float) -> np.ndarray:
+                   rendered_depth, camera: CameraIntrinsics, tolerance: float) -> np.ndarray:
     """Which model points the camera sees at ``T_cam_obj`` (z-buffer test on a render).
 
     A point is visible when it projects inside the image onto a rendered pixel, lies at most
@@ -77,8 +76,11 @@ def visible_points(points: np.ndarray, normals: np.ndarray, T_cam_obj: np.ndarra
     points, normals : (N, 3) arrays
         Object frame, metres / unit.
     T_cam_obj : (4, 4) array
-    rendered_depth : (H, W) float array
-        Depth of the model alone at ``T_cam_obj`` (0 = not hit), e.g. ``Renderer.cast_object``.
+    rendered_depth : (H, W) float array, or callable
+        Depth of the model alone at ``T_cam_obj`` (0 = not hit), e.g. ``Renderer.cast_object``;
+        or a function ``(u, v) -> (n,) depths`` at pixels, e.g. ``partial(Renderer.depth_at,
+        renderer, key, T_cam_obj)``: only the pixels of facing points are then rendered, each
+        once (the same test; a few thousand rays instead of the object's whole box).
     camera : CameraIntrinsics
     tolerance : float
         Metres.
@@ -96,7 +98,12 @@ def visible_points(points: np.ndarray, normals: np.ndarray, T_cam_obj: np.ndarra
     uv[in_front] = project(p[in_front], camera)
     u, v = np.rint(uv).astype(np.int64).T
     inside = in_front & (u >= 0) & (u < camera.width) & (v >= 0) & (v < camera.height)
-    d = np.zeros(len(p), dtype=np.float64)
-    d[inside] = rendered_depth[v[inside], u[inside]]
     facing = np.einsum("ij,ij->i", n, p) < 0
+    d = np.zeros(len(p), dtype=np.float64)
+    if callable(rendered_depth):
+        need = inside & facing
+        pixels, index = np.unique(v[need] * camera.width + u[need], return_inverse=True)
+        d[need] = rendered_depth(pixels % camera.width, pixels // camera.width)[index]
+    else:
+        d[inside] = rendered_depth[v[inside], u[inside]]
     return inside & (d > 0) & (z <= d + tolerance) & facing
