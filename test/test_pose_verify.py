@@ -128,3 +128,19 @@ def test_a_larger_observed_surface_is_cropped_not_recomputed(scene):
     assert small.crop(Roi(0, 20, 0, 20), frame.camera) is None
     fallback = verify_pose(d, n, frame.depth, frame.rgb, frame.camera, surface=small)
     assert (fallback.score, fallback.inliers) == (own.score, own.inliers)
+
+
+def test_a_frame_surface_cache_gives_the_same_verdict(scene):
+    """Verification reads pixels farther inside its region than the filters reach: a crop of a
+    cached larger surface gives exactly what a fresh computation gives; a near pose reuses it."""
+    from weak_template_ros.pose.scene_points import SurfaceCache
+
+    part, frame, renderer = scene
+    cache = SurfaceCache(frame.depth, frame.camera)
+    for shift in (0.0, 0.002):
+        T = frame.objects[0].T_cam_obj.copy()
+        T[0, 3] += shift
+        d, n = renderer.cast_object("part", T)
+        own = verify_pose(d, n, frame.depth, frame.rgb, frame.camera)
+        assert verify_pose(d, n, frame.depth, frame.rgb, frame.camera, surfaces=cache) == own
+    assert len(cache._surfaces) == 1

@@ -38,7 +38,7 @@ from weak_template_ros.pose.icp import IcpResult, refine_icp
 from weak_template_ros.pose.model_points import ModelPoints, model_points, visible_points
 from weak_template_ros.pose.scene_points import (
     ObservedSurface,
-    observe_surface,
+    SurfaceCache,
     scene_points,
     sphere_roi,
     valid_depth,
@@ -273,7 +273,7 @@ class PoseEstimator:
         self._check_scale([(T, s) for _, T, s in hyps], mp)
         cfg = self.cfg
         estimates: list[PoseEstimate] = []
-        surfaces: dict = {}  # this frame's observed surfaces by (ROI, scene config)
+        surfaces = SurfaceCache(depth, self.camera)
 
         def sure() -> bool:
             good = [e for e in estimates if e.accepted and e.score >= cfg.early_exit_score]
@@ -339,9 +339,10 @@ class PoseEstimator:
 
     def _one(self, index: int, T0: np.ndarray, hyp_score: float | None, rgb, depth: np.ndarray,
              mp: ModelPoints, alternative: str | None = None,
-             surfaces: dict | None = None) -> PoseEstimate:
-        """Refine and verify one hypothesis; ``surfaces`` caches the frame's observed surfaces
-        by (ROI, scene config): the alternatives start from a hypothesis already prepared."""
+             surfaces: SurfaceCache | None = None) -> PoseEstimate:
+        """Refine and verify one hypothesis; ``surfaces`` holds the frame's observed surfaces
+        (the alternatives start from a hypothesis already prepared, verification crops)."""
+        surfaces = surfaces or SurfaceCache(depth, self.camera)
         cfg = self.cfg
         icp_cfg, scene_cfg = cfg.icp, cfg.scene
         if alternative == "point_to_plane":
@@ -368,11 +369,8 @@ class PoseEstimator:
             roi = sphere_roi(self.camera, center, mp.radius, scene_cfg.roi_margin_px)
             if roi is None:
                 return done(T0, rejection("the hypothesis is outside the image"), None)
-            surface = self._surface(depth, roi, scene_cfg, surfaces)
-            # An alternative with other scene settings is verified like the others: on the
-            # surface of the configured settings (already there: the hypothesis ran first).
-            shared = surface if scene_cfg == cfg.scene else (surfaces or {}).get(
-                (roi, dataclasses.astuple(cfg.scene)))
+            surface = surfaces.exact(roi, scene_cfg)
+            shared = surface if scene_cfg == cfg.scene else None
             sp, sn, _ = scene_points(surface, center, mp.radius, scene_cfg.crop_margin)
             vis = visible_points(mp.points, mp.normals, T0,
                                  functools.partial(self.renderer.depth_at, "model", T0), self.camera,
@@ -391,7 +389,7 @@ class PoseEstimator:
                     # level: a coarse voxel grid of a small part has few points).
                     T1 = icp_result.T_cam_obj
                     timings["icp"] = (time.perf_counter() - t) * 1e3
-                    ver = self._verify(T1, rgb, depth, cfg, timings, shared)
+                    ver = self._verify(T1, rgb, depth, cfg, timings, shared, surfaces)
                     if ver.score < cfg.coarse_level_min_score:
                         return done(T1, ver, icp_result)
                     t = time.perf_counter()
@@ -404,25 +402,16 @@ class PoseEstimator:
                 timings["icp"] = timings.get("icp", 0.0) + (time.perf_counter() - t) * 1e3
                 if icp_result.ok:
                     T = icp_result.T_cam_obj
-        ver = self._verify(T, rgb, depth, cfg, timings, shared)
+        ver = self._verify(T, rgb, depth, cfg, timings, shared, surfaces)
         return done(T, ver, icp_result)
 
-    def _surface(self, depth: np.ndarray, roi, scene_cfg, surfaces: dict | None) -> ObservedSurface:
-        """``observe_surface`` of ``roi``, once per frame (``surfaces``: the frame's cache)."""
-        key = (roi, dataclasses.astuple(scene_cfg))
-        surface = None if surfaces is None else surfaces.get(key)
-        if surface is None:
-            surface = observe_surface(depth, self.camera, roi, scene_cfg)
-            if surfaces is not None:
-                surfaces[key] = surface
-        return surface
-
     def _verify(self, T: np.ndarray, rgb, depth: np.ndarray, cfg: PoseConfig,
-                timings: dict[str, float], surface: ObservedSurface | None = None) -> Verification:
+                timings: dict[str, float], surface: ObservedSurface | None = None,
+                surfaces: SurfaceCache | None = None) -> Verification:
         """Render at ``T`` and compare (time added to ``timings["verify"]``)."""
         t = time.perf_counter()
         d1, n1 = self.renderer.cast_object("model", T)
-        ver = verify_pose(d1, n1, depth, rgb, self.camera, cfg.verify, cfg.scene, surface)
+        ver = verify_pose(d1, n1, depth, rgb, self.camera, cfg.verify, cfg.scene, surface, surfaces)
         timings["verify"] = timings.get("verify", 0.0) + (time.perf_counter() - t) * 1e3
         return ver
 

@@ -9,6 +9,7 @@ the same normals serve ICP and verification).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import cv2
@@ -186,15 +187,53 @@ def observe_surface(depth: np.ndarray, camera: CameraIntrinsics, roi: Roi,
     normals, normal_valid = _grid_normals(rays * ds[..., None], smooth_ok, cfg.normal_step_px)
     # Every valid point gets a normal (ICP needs one per point; thin walls seen edge-on have no
     # smoothed one): the raw depth with a 1-pixel baseline, else the direction to the camera.
+    raw_n, raw_ok = _grid_normals(rays * d[..., None].astype(np.float64), valid, 1)
     fill = valid & ~normal_valid
-    v, u = np.nonzero(fill)
-    raw_n, raw_ok = _pixel_normals(rays * d[..., None].astype(np.float64), valid, v, u)
-    normals[v[raw_ok], u[raw_ok]] = raw_n[raw_ok]
-    view = ~raw_ok
-    r = rays[v[view], u[view]]
-    normals[v[view], u[view]] = -r / np.linalg.norm(r, axis=-1, keepdims=True)
+    np.copyto(normals, raw_n, where=(fill & raw_ok)[..., None])
+    v, u = np.nonzero(fill & ~raw_ok)
+    r = rays[v, u]
+    normals[v, u] = -r / np.linalg.norm(r, axis=-1, keepdims=True)
     return ObservedSurface(roi=roi, camera=roi_camera, valid=valid, normals=normals,
                            normal_valid=normal_valid, depth=d)
+
+
+class SurfaceCache:
+    """The observed surfaces of one frame, each computed once.
+
+    ``exact`` gives the surface of exactly a ROI (what the refinement needs: its points and
+    normals at the ROI's border depend on the border). ``covering`` gives a crop of any cached
+    surface that contains a ROI (what verification needs: it reads pixels farther inside its
+    ROI than the filters reach, where a crop and a fresh computation agree), else computes a
+    slightly larger one, so that the next poses nearby find it.
+
+    Parameters
+    ----------
+    depth : (H, W) float array
+        The frame's depth, metres, 0/NaN invalid.
+    camera : CameraIntrinsics
+    """
+
+    def __init__(self, depth: np.ndarray, camera: CameraIntrinsics):
+        self.depth, self.camera = depth, camera
+        self._surfaces: dict[tuple, ObservedSurface] = {}
+
+    def exact(self, roi: Roi, cfg: ScenePointsConfig) -> ObservedSurface:
+        """``observe_surface(depth, camera, roi, cfg)``, computed once."""
+        key = (roi, dataclasses.astuple(cfg))
+        surface = self._surfaces.get(key)
+        if surface is None:
+            surface = self._surfaces[key] = observe_surface(self.depth, self.camera, roi, cfg)
+        return surface
+
+    def covering(self, roi: Roi, cfg: ScenePointsConfig, grow_px: int = 16) -> ObservedSurface:
+        """The surface inside ``roi``: a crop of a cached surface that contains it, else of a
+        new one over ``roi`` grown by ``grow_px``."""
+        c = dataclasses.astuple(cfg)
+        for (_, k), surface in self._surfaces.items():
+            crop = surface.crop(roi, self.camera) if k == c else None
+            if crop is not None:
+                return crop
+        return self.exact(roi.grow(grow_px, self.camera), cfg).crop(roi, self.camera)
 
 
 def _unit_normals(du: list, dv: list, p: list, ok: np.ndarray) -> np.ndarray:
@@ -239,23 +278,6 @@ def _grid_normals(points: np.ndarray, ok: np.ndarray, step: int) -> tuple[np.nda
     normals[st:-st, st:-st], valid[st:-st, st:-st] = _unit_normals(
         du, dv, [x[st:-st, st:-st] for x in c], nv)
     return normals, valid
-
-
-def _pixel_normals(points: np.ndarray, ok: np.ndarray, v: np.ndarray, u: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_grid_normals` with ``step`` 1 at the pixels (v, u) only: (n, 3) normals, (n,) ok.
-
-    The raw-depth normals fill the few pixels without a smoothed one; computing them on the
-    whole grid cost as much as the smoothed normals.
-    """
-    h, w = ok.shape
-    inner = (v >= 1) & (v < h - 1) & (u >= 1) & (u < w - 1)
-    vi, ui = np.where(inner, v, 1), np.where(inner, u, 1)  # any index: masked out below
-    c = [points[..., k] for k in range(3)]
-    du = [x[vi, ui + 1] - x[vi, ui - 1] for x in c]
-    dv = [x[vi + 1, ui] - x[vi - 1, ui] for x in c]
-    nv = (inner & ok[vi, ui + 1] & ok[vi, ui - 1] & ok[vi + 1, ui] & ok[vi - 1, ui] & ok[vi, ui])
-    return _unit_normals(du, dv, [x[vi, ui] for x in c], nv)
 
 
 def scene_points(surface: ObservedSurface, center_cam: np.ndarray, radius: float,

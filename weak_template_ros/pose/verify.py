@@ -33,7 +33,13 @@ import numpy as np
 
 from weak_template_ros.camera import CameraIntrinsics
 from weak_template_ros.pose.config import ScenePointsConfig, VerifyConfig
-from weak_template_ros.pose.scene_points import ObservedSurface, Roi, observe_surface, valid_depth
+from weak_template_ros.pose.scene_points import (
+    ObservedSurface,
+    Roi,
+    SurfaceCache,
+    observe_surface,
+    valid_depth,
+)
 
 
 @dataclass
@@ -133,7 +139,8 @@ def _gray(rgb: np.ndarray | None) -> np.ndarray | None:
 def verify_pose(rendered_depth: np.ndarray, rendered_normals: np.ndarray, depth: np.ndarray,
                 rgb: np.ndarray | None, camera: CameraIntrinsics, cfg: VerifyConfig | None = None,
                 scene_cfg: ScenePointsConfig | None = None,
-                surface: ObservedSurface | None = None) -> Verification:
+                surface: ObservedSurface | None = None,
+                surfaces: SurfaceCache | None = None) -> Verification:
     """Compare a render of the model at a pose with the observed frame.
 
     Parameters
@@ -153,6 +160,9 @@ def verify_pose(rendered_depth: np.ndarray, rendered_normals: np.ndarray, depth:
     surface : ObservedSurface, optional
         The observation already filtered with ``scene_cfg`` over a larger region (the
         refinement's): cropped instead of computed again when it covers the region needed.
+    surfaces : SurfaceCache, optional
+        The frame's observed surfaces (of ``depth``): used when ``surface`` does not cover the
+        region (``SurfaceCache.covering``).
 
     Returns
     -------
@@ -171,7 +181,8 @@ def verify_pose(rendered_depth: np.ndarray, rendered_normals: np.ndarray, depth:
     sl = roi.slices
     surface = surface.crop(roi, camera) if surface is not None else None
     if surface is None:
-        surface = observe_surface(depth, camera, roi, scene_cfg)
+        surface = (surfaces.covering(roi, scene_cfg) if surfaces is not None
+                   else observe_surface(depth, camera, roi, scene_cfg))
     d_obs = surface.depth
     d_ren = np.asarray(rendered_depth[sl], dtype=np.float32)
     n_ren = np.asarray(rendered_normals[sl], dtype=np.float64)
