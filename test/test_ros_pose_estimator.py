@@ -188,7 +188,8 @@ def test_sim_in_the_loop_poses_follow_the_moving_part(part, files):
         first_found = first_found or (k, P[0])
         errs.append(_errors(part, P[0], T_gt))
         # The best pose on ~/pose is the first of ~/poses (once that subscription had matched).
-        if best_msgs and stamp_to_ns(m.header.stamp) >= min(best_msgs):
+        assert best_msgs, "no best pose published on ~/pose"
+        if stamp_to_ns(m.header.stamp) >= min(best_msgs):
             np.testing.assert_allclose(pose_stamped_to_matrix(best_msgs[stamp_to_ns(m.header.stamp)]),
                                        P[0], atol=1e-9)
     n = len(centres)
