@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from weak_template_ros.ros.loopback import use_loopback_env
 
 # Fast DDS ports are 7400 + 250 * domain (+ offsets): domains above 232 overflow the port range.
@@ -23,3 +25,18 @@ _worker_index = int("".join(c for c in _worker if c.isdigit()) or 0)
 TEST_DOMAIN_ID = int(os.environ["WTR_TEST_DOMAIN_BASE"]) + _worker_index
 os.environ["ROS_DOMAIN_ID"] = str(TEST_DOMAIN_ID)  # overrides a developer's own domain
 use_loopback_env(domain_id=TEST_DOMAIN_ID)
+
+
+@pytest.fixture(scope="session")
+def blenderproc_env():
+    """The BlenderProc environment (`make sim-setup`). Missing: the test is skipped on a
+    developer's machine and fails in CI (``CI`` set), where `make test` builds it."""
+    from weak_template_ros.errors import InputError
+    from weak_template_ros.twin.blenderproc import BlenderProcEnv
+
+    try:
+        return BlenderProcEnv.locate()
+    except InputError as e:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"no BlenderProc environment: {e}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,14 +35,6 @@ runner = CliRunner()
 TINY = {"width": 160, "height": 120, "frames_per_scene": 2, "parts_per_scene": 2, "distractors": 1}
 ONE_SAMPLE = bp.BlenderProcConfig(samples=1, timeout_s=300.0)
 
-
-def _env_or_skip() -> bp.BlenderProcEnv:
-    try:
-        return bp.BlenderProcEnv.locate()
-    except InputError as e:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"no BlenderProc environment: {e}")
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +126,8 @@ def test_job_holds_the_embedded_scene(tmp_path, models):
 # -- real renders ---------------------------------------------------------------------------------
 
 
-def test_calibration_same_scene_both_backends(tmp_path, models):
-    env = _env_or_skip()
+def test_calibration_same_scene_both_backends(tmp_path, models, blenderproc_env):
+    env = blenderproc_env
     spec = SceneSpec(**TINY, occlusion_min=0.2, occlusion_max=0.4)
     report = bp.compare_backends(models, spec, seed=1, scene_id=0, cfg=ONE_SAMPLE, env=env,
                                  work_dir=tmp_path)
@@ -149,8 +140,8 @@ def test_calibration_same_scene_both_backends(tmp_path, models):
     assert report["passed"]
 
 
-def test_tiny_blenderproc_dataset_matches_embedded_dataset(tmp_path, models):
-    env = _env_or_skip()
+def test_tiny_blenderproc_dataset_matches_embedded_dataset(tmp_path, models, blenderproc_env):
+    env = blenderproc_env
     spec = SceneSpec(**TINY, noise=False)
     emb = generate_dataset(tmp_path / "embedded", models, spec, n_scenes=1, seed=4)
     bpd = bp.generate_dataset_blenderproc(tmp_path / "bproc", models, spec, n_scenes=1, seed=4,
@@ -184,8 +175,7 @@ def test_tiny_blenderproc_dataset_matches_embedded_dataset(tmp_path, models):
         np.testing.assert_array_equal(fb.T_cam_world, fa.T_cam_world)
 
 
-def test_cli_blenderproc_scenes_with_sensor_noise_and_show(tmp_path, models):
-    _env_or_skip()
+def test_cli_blenderproc_scenes_with_sensor_noise_and_show(tmp_path, models, blenderproc_env):
     cfg = tmp_path / "spec.yaml"
     cfg.write_text("width: 160\nheight: 120\n")
     args = ["generate", "scenes", "--config", str(cfg), "--scenes", "1", "--frames", "2", "--parts", "2",
@@ -208,8 +198,8 @@ def test_cli_blenderproc_scenes_with_sensor_noise_and_show(tmp_path, models):
     assert res.exit_code == 0, res.output
 
 
-def test_a_failing_script_reports_its_log(tmp_path, models):
-    env = _env_or_skip()
+def test_a_failing_script_reports_its_log(tmp_path, models, blenderproc_env):
+    env = blenderproc_env
     job, _ = bp.build_job(models, SceneSpec(**TINY), 0, 0, ONE_SAMPLE, tmp_path)
     job["meshes"] = {k: str(tmp_path / "missing.npz") for k in job["meshes"]}
     with pytest.raises(bp.BlenderProcError, match="exit 2") as e:
@@ -217,9 +207,9 @@ def test_a_failing_script_reports_its_log(tmp_path, models):
     assert "missing.npz" in str(e.value) and "blenderproc.log" in str(e.value)
 
 
-def test_timeout_ends_blender_as_well(tmp_path, models):
+def test_timeout_ends_blender_as_well(tmp_path, models, blenderproc_env):
     psutil = pytest.importorskip("psutil")
-    env = _env_or_skip()
+    env = blenderproc_env
     job, _ = bp.build_job(models, SceneSpec(**TINY), 0, 0, ONE_SAMPLE, tmp_path)
     with pytest.raises(bp.BlenderProcError, match="ran past 0.5 s"):
         bp.run_job(job, tmp_path, env, timeout_s=0.5)
@@ -228,8 +218,9 @@ def test_timeout_ends_blender_as_well(tmp_path, models):
     assert left == []
 
 
-def test_physics_drop_through_the_cli_gives_bop_ground_truth_of_the_settled_parts(tmp_path, models):
-    env = _env_or_skip()
+def test_physics_drop_through_the_cli_gives_bop_ground_truth_of_the_settled_parts(tmp_path, models,
+                                                                                  blenderproc_env):
+    env = blenderproc_env
     cfg = tmp_path / "spec.yaml"
     cfg.write_text("width: 160\nheight: 120\n")
     ds = tmp_path / "ds"
@@ -264,8 +255,8 @@ def test_physics_drop_through_the_cli_gives_bop_ground_truth_of_the_settled_part
         assert [m.sum() for m in (o.mask_visib for o in f.objects)] != [0, 0]
 
 
-def test_embedded_gt_pass_skips_cycles_depth_and_takes_the_exact_passes(tmp_path, models):
-    env = _env_or_skip()
+def test_embedded_gt_pass_skips_cycles_depth_and_takes_the_exact_passes(tmp_path, models, blenderproc_env):
+    env = blenderproc_env
     spec = SceneSpec(**TINY, noise=False)
     cfg = replace(ONE_SAMPLE, gt_pass="embedded")
     frames = list(bp.iter_blenderproc_frames(models, spec, 3, 0, cfg, env, tmp_path))

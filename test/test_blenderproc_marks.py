@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import cv2
 import numpy as np
@@ -17,7 +16,6 @@ from typer.testing import CliRunner
 
 from weak_template_ros.align import align
 from weak_template_ros.cli import app
-from weak_template_ros.errors import InputError
 from weak_template_ros.twin import blenderproc as bp
 from weak_template_ros.twin.marks import Degradations, MarkSpec, write_mark_dataset
 
@@ -25,14 +23,6 @@ runner = CliRunner()
 SPEC = MarkSpec(kind="cross", size=48.0, line_width=6.0)
 SHAPE = (96, 96)
 
-
-def _env_or_skip() -> bp.BlenderProcEnv:
-    try:
-        return bp.BlenderProcEnv.locate()
-    except InputError as e:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"no BlenderProc environment: {e}")
 
 
 def test_mark_poses_are_those_of_the_embedded_mark_dataset(tmp_path):
@@ -96,8 +86,7 @@ def _check_aligned(out, truth):
         assert abs(r.dtheta - rec["dtheta"]) <= 4 * sd[2] + 0.001, (r.dtheta, rec, sd)
 
 
-def test_cli_specular_wafer_under_coaxial_light_is_aligned(tmp_path):
-    _env_or_skip()
+def test_cli_specular_wafer_under_coaxial_light_is_aligned(tmp_path, blenderproc_env):
     out = tmp_path / "wafer"
     res = runner.invoke(app, ["generate", "marks", "--out", str(out), "--n", "2", "--width", "96",
                               "--height", "96", "--size", "48", "--line-width", "6", "--max-shift", "4",
@@ -116,8 +105,8 @@ def test_cli_specular_wafer_under_coaxial_light_is_aligned(tmp_path):
     assert not (out / ".blenderproc_work").exists()
 
 
-def test_pcb_under_ring_light_is_aligned(tmp_path):
-    env = _env_or_skip()
+def test_pcb_under_ring_light_is_aligned(tmp_path, blenderproc_env):
+    env = blenderproc_env
     cfg = bp.MarkRenderConfig(surface="pcb", light="ring", samples=1, timeout_s=300.0)
     truth = bp.write_mark_dataset_blenderproc(tmp_path, 2, SPEC, SHAPE, seed=4, max_shift=4.0,
                                               max_angle=math.radians(5), cfg=cfg, env=env)
